@@ -1,0 +1,1 @@
+# KeypointPatchPool wrappers (filled in by the KeypointPatchPool work).

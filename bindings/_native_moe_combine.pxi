@@ -1,0 +1,1 @@
+# MoECombine wrappers (filled in by the MoECombine work).
