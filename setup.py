@@ -7,6 +7,8 @@ Environment knobs (all optional):
                            Hopper). Example for a Jetson-only build: REID_SDK_CUDA_ARCHS=87.
   REID_SDK_TENSORRT_ROOT   TensorRT root; when found, libreid_trt_plugins.so is built too.
   REID_SDK_CMAKE_ARGS      extra arguments for the CMake configure step.
+  REID_SDK_NVCC            the nvcc to use (default: $CUDACXX, PATH, /usr/local/cuda/bin);
+                           empty: build as on a machine without the CUDA toolkit.
 """
 import os
 import shlex
@@ -24,7 +26,11 @@ NATIVE_LIBS = ("libreid_kernels.so", "libreid_trt_plugins.so")
 
 
 def find_nvcc():
-    for candidate in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+    if "REID_SDK_NVCC" in os.environ:  # explicit choice; empty means "behave as if absent"
+        candidates = (os.environ["REID_SDK_NVCC"],)
+    else:
+        candidates = (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc")
+    for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
