@@ -61,7 +61,7 @@ def _canonical_json(value) -> bytes:
 
 
 def _preview(values: Iterable, limit: int = 5) -> str:
-    values = list(values)
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
     shown = ", ".join(repr(v) for v in values[:limit])
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
