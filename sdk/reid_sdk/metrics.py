@@ -26,7 +26,8 @@ import numpy as np
 
 from reid_sdk.errors import InputError
 
-__all__ = ["evaluate", "evaluate_py", "similarity_to_distance", "distance_matrix"]
+__all__ = ["evaluate", "evaluate_py", "similarity_to_distance", "distance_matrix", "l2_normalize",
+           "cmc_summary"]
 
 DISTANCE_METRICS = ("cosine", "euclidean", "squared_euclidean")
 
