@@ -12,8 +12,8 @@ tensorrt and cuda-python are imported when a backend needs them.
 """
 from importlib import import_module
 
-from reid_sdk.errors import (BackendUnavailableError, EngineFileError, GalleryError, InputError,
-                             KernelError, NativeUnavailableError, ReidError, SpecError)
+from reid_sdk.errors import (BackendError, BackendUnavailableError, EngineFileError, GalleryError,
+                             InputError, KernelError, NativeUnavailableError, ReidError, SpecError)
 
 __version__ = "0.1.0"
 
@@ -26,8 +26,8 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "ReidError", "InputError", "SpecError", "EngineFileError",
-           "BackendUnavailableError", "NativeUnavailableError", "KernelError", "GalleryError",
-           *_LAZY]
+           "BackendUnavailableError", "BackendError", "NativeUnavailableError", "KernelError",
+           "GalleryError", *_LAZY]
 
 
 def __getattr__(name):

@@ -38,3 +38,8 @@ class KernelError(ReidError, RuntimeError):
 
 class GalleryError(ReidError, ValueError):
     """A gallery file is corrupt, has the wrong format, or ids / dimensions do not match."""
+
+
+class BackendError(ReidError, RuntimeError):
+    """The backend failed while running: an ONNX Runtime or TensorRT execution error, a CUDA
+    runtime call that failed, or an engine output that is malformed or not finite."""
