@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -44,6 +43,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from reid_sdk import _ranking
+from reid_sdk._atomic import atomic_write
 from reid_sdk.errors import GalleryError, InputError
 from reid_sdk.metrics import DISTANCE_METRICS
 
@@ -354,10 +354,8 @@ class Gallery:
         arrays = {"embeddings.npy": self._embeddings[:self._count],
                   "ids.npy": self.ids, "cameras.npy": self._cameras[:self._count]}
         header = self._header()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                        dir=path.parent if str(path.parent) else ".")
         try:
-            with os.fdopen(fd, "wb") as raw:
+            with atomic_write(path) as raw:
                 digest = hashlib.sha256()
                 with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                     for name in _ARRAY_MEMBERS:
@@ -368,19 +366,9 @@ class Gallery:
                     digest.update(_canonical_json(header))
                     header["sha256"] = digest.hexdigest()
                     archive.writestr(_HEADER_MEMBER, json.dumps(header, indent=1))
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp_name, path)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp_name)
-            except FileNotFoundError:
-                pass
-            if isinstance(exc, OSError):
-                raise GalleryError(f"could not save the gallery to {path}: {exc}; any previous "
-                                   "file there is unchanged") from exc
-            raise
-        _fsync_directory(path.parent)
+        except OSError as exc:
+            raise GalleryError(f"could not save the gallery to {path}: {exc}; any previous "
+                               "file there is unchanged") from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike, *,
@@ -492,17 +480,3 @@ def _parse_header(raw: bytes, path: Path) -> dict:
             or header["dim"] < 1 or header["count"] < 0 or "meta" not in header:
         raise GalleryError(f"{path}: header has invalid values; rebuild the gallery")
     return header
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Makes the rename durable; not every platform can open a directory."""
-    try:
-        fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

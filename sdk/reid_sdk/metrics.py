@@ -26,8 +26,8 @@ import numpy as np
 
 from reid_sdk.errors import InputError
 
-__all__ = ["evaluate", "evaluate_py", "similarity_to_distance", "distance_matrix", "l2_normalize",
-           "cmc_summary"]
+__all__ = ["evaluate", "evaluate_py", "rank_lists", "similarity_to_distance", "distance_matrix",
+           "l2_normalize", "cmc_summary"]
 
 DISTANCE_METRICS = ("cosine", "euclidean", "squared_euclidean")
 
@@ -107,6 +107,16 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) ->
     return _summarise(first_rank, ap, inp, max_rank, dist.shape[1])
 
 
+def _kept_ranking(distances: np.ndarray, pid: int, camid: int, g_pids: np.ndarray,
+                  g_camids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gallery positions of one query ranked by a stable sort, junk removed, and whether each
+    is a true match."""
+    order = np.argsort(distances, kind="stable")
+    same_pid = g_pids[order] == pid
+    junk = same_pid & (g_camids[order] == camid)
+    return order[~junk], same_pid[~junk]
+
+
 def evaluate_py(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
     """:func:`evaluate` in plain numpy (a stable sort per query); same arguments and result."""
     dist, q_pids, g_pids, q_camids, g_camids = _validate(distmat, q_pids, g_pids, q_camids,
@@ -116,10 +126,7 @@ def evaluate_py(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50)
     ap = np.full(num_queries, np.nan)
     inp = np.full(num_queries, np.nan)
     for q in range(num_queries):
-        order = np.argsort(dist[q], kind="stable")
-        same_pid = g_pids[order] == q_pids[q]
-        same_cam = g_camids[order] == q_camids[q]
-        is_match = (same_pid & ~same_cam)[~(same_pid & same_cam)]
+        _, is_match = _kept_ranking(dist[q], q_pids[q], q_camids[q], g_pids, g_camids)
         match_ranks = np.flatnonzero(is_match)
         if match_ranks.size == 0:
             continue
@@ -127,6 +134,23 @@ def evaluate_py(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50)
         ap[q] = np.mean(np.arange(1, match_ranks.size + 1) / (match_ranks + 1))
         inp[q] = match_ranks.size / (match_ranks[-1] + 1)
     return _summarise(first_rank, ap, inp, max_rank, dist.shape[1])
+
+
+def rank_lists(distmat, q_pids, g_pids, q_camids, g_camids, k: int = 10
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """What a rank-list picture shows: per query the k nearest gallery items with junk (same
+    pid and camera) removed, as the protocol ranks them.
+
+    Returns (indices int64 [Q, k'], is_match bool [Q, k']) with k' = min(k, the fewest kept
+    items of any query).
+    """
+    dist, q_pids, g_pids, q_camids, g_camids = _validate(distmat, q_pids, g_pids, q_camids,
+                                                         g_camids, 1)
+    rows = [_kept_ranking(dist[q], q_pids[q], q_camids[q], g_pids, g_camids)
+            for q in range(dist.shape[0])]
+    width = min([int(k)] + [len(order) for order, _ in rows])
+    return (np.array([order[:width] for order, _ in rows], dtype=np.int64).reshape(-1, width),
+            np.array([match[:width] for _, match in rows], dtype=bool).reshape(-1, width))
 
 
 def similarity_to_distance(similarity) -> np.ndarray:

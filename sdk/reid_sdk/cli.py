@@ -1,0 +1,399 @@
+"""``reid-sdk``: the runtime's command line.
+
+    reid-sdk info MODEL [--json]
+    reid-sdk embed MODEL DIR... --out emb.npz [--camera N]
+    reid-sdk gallery build MODEL DIR... --out people.gallery
+    reid-sdk gallery search GALLERY --queries emb.npz [-k 10] [--json]
+    reid-sdk eval MODEL --query DIR --gallery DIR [--out-dir D] [-k 10]
+    reid-sdk demo [...]
+
+DIR is a folder in the tracklet layout of docs/dataset_layout.md: a tracklet folder (images,
+optional keypoints.json and tracklet.json), or any folder above such folders. Identity and
+camera come from tracklet.json or the folder name ``<pid>C<cam>T<n>``; ``--camera`` overrides
+the camera for every tracklet. Keypoints are read for engines that take them (KeyRe-ID).
+
+Errors of the SDK print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from reid_sdk._atomic import atomic_write
+from reid_sdk.errors import InputError, ReidError
+
+# Tracklets whose frames are loaded and embedded per engine call: bounds memory on large
+# folders while keeping the engine's batches full.
+TRACKLETS_PER_CALL = 64
+EMBEDDINGS_FORMAT = "reid_sdk.embeddings"
+
+
+# -- tracklets to embeddings ----------------------------------------------------------------------
+def _scan(dirs: Sequence[str]) -> list:
+    from reid_sdk import layout
+
+    tracklets = []
+    for directory in dirs:
+        if not Path(directory).is_dir():
+            raise InputError(f"{directory} is not a directory: give tracklet folders or folders "
+                             "above them (docs/dataset_layout.md)")
+        found = layout.scan(directory)
+        if not found:
+            raise InputError(f"no tracklet folders (folders holding .jpg/.png images) under "
+                             f"{directory}")
+        tracklets.extend(found)
+    return tracklets
+
+
+def _tracklet_id(tracklet) -> str:
+    return Path(tracklet.path).name
+
+
+def _open_engine(args):
+    from reid_sdk.engine import Engine
+
+    providers = args.providers.split(",") if args.providers else None
+    return Engine(args.model, providers=providers)
+
+
+def _embed_tracklets(engine, tracklets: list, camera: int | None, progress: bool | None,
+                     ) -> np.ndarray:
+    """[N, D] embeddings of layout tracklets, TRACKLETS_PER_CALL at a time."""
+    from reid_sdk import layout
+    from reid_sdk.backends import extra_input_name
+    from reid_sdk.progress import ProgressBar
+
+    spec = engine.spec
+    wants_keypoints = extra_input_name(spec, "keypoints") is not None
+    wants_camera = extra_input_name(spec, "camera") is not None
+    out = np.empty((len(tracklets), spec.embedding_dim), dtype=np.float32)
+    with ProgressBar(len(tracklets), desc=f"embed {spec.arch}", unit="tracklets",
+                     enabled=progress) as bar:
+        for start in range(0, len(tracklets), TRACKLETS_PER_CALL):
+            group = tracklets[start:start + TRACKLETS_PER_CALL]
+            frames = [layout.load_frames(t) for t in group]
+            keypoints = None
+            if wants_keypoints:
+                keypoints = []
+                for t in group:
+                    points = layout.load_keypoints(t)
+                    if points is None:
+                        raise InputError(
+                            f"{t.path} has no keypoints.json, and this {spec.arch} engine needs "
+                            "COCO-17 keypoints per frame (docs/dataset_layout.md)")
+                    keypoints.append(points)
+            cameras = None
+            if wants_camera:
+                cameras = [camera if camera is not None else t.camid for t in group]
+            out[start:start + len(group)] = engine.embed(frames, keypoints=keypoints,
+                                                         camera=cameras, progress=False)
+            bar.update(len(group))
+    return out
+
+
+def _embed_dirs(engine, dirs: Sequence[str], camera: int | None, progress: bool | None) -> dict:
+    tracklets = _scan(dirs)
+    started = time.perf_counter()
+    embeddings = _embed_tracklets(engine, tracklets, camera, progress)
+    seconds = time.perf_counter() - started
+    frames = sum(len(t.frames) for t in tracklets)
+    print(f"embedded {len(tracklets)} tracklets ({frames} frames) in {seconds:.1f} s "
+          f"({frames / max(seconds, 1e-9):.1f} frames/s)", file=sys.stderr)
+    return {
+        "ids": np.array([_tracklet_id(t) for t in tracklets]),
+        "paths": np.array([str(t.path) for t in tracklets]),
+        "pids": np.array([t.pid for t in tracklets], dtype=np.int64),
+        "camids": np.array([t.camid if camera is None else camera for t in tracklets],
+                           dtype=np.int64),
+        "embeddings": embeddings,
+        "tracklets": tracklets,
+    }
+
+
+def _read_embeddings(path: str) -> dict:
+    """An embeddings file written by ``reid-sdk embed``."""
+    if not Path(path).is_file():
+        raise InputError(f"no embeddings file at {path}; write one with `reid-sdk embed`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path} is not a readable .npz embeddings file ({exc})") from None
+    if "embeddings" not in data or data["embeddings"].ndim != 2:
+        raise InputError(f"{path} has no [N, D] 'embeddings' array; write it with "
+                         "`reid-sdk embed`")
+    count = data["embeddings"].shape[0]
+    if "ids" not in data or data["ids"].shape != (count,):
+        data["ids"] = np.arange(count)
+    return data
+
+
+# -- commands --------------------------------------------------------------------------------------
+def _print_mapping(mapping: dict, indent: int = 0) -> None:
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            print(f"{' ' * indent}{key}:")
+            _print_mapping(value, indent + 2)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            print(f"{' ' * indent}{key}:")
+            for item in value:
+                print(f"{' ' * (indent + 2)}- " + ", ".join(f"{k}={v}" for k, v in item.items()))
+        else:
+            print(f"{' ' * indent}{key}: {value}")
+
+
+def cmd_info(args) -> int:
+    with _open_engine(args) as engine:
+        info = engine.info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_mapping(info)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    with _open_engine(args) as engine:
+        result = _embed_dirs(engine, args.dirs, args.camera, args.progress)
+        metric = engine.spec.metric
+    arrays = {k: v for k, v in result.items() if k != "tracklets"}
+    arrays["metric"] = np.array(metric)
+    arrays["format"] = np.array(EMBEDDINGS_FORMAT)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out) as handle:
+        np.savez(handle, **arrays)
+    print(f"wrote {args.out}: {len(arrays['ids'])} embeddings of dimension "
+          f"{arrays['embeddings'].shape[1]} (metric {metric})")
+    return 0
+
+
+def cmd_gallery_build(args) -> int:
+    from reid_sdk.gallery import Gallery
+
+    with _open_engine(args) as engine:
+        result = _embed_dirs(engine, args.dirs, args.camera, args.progress)
+        spec = engine.spec
+    gallery = Gallery(spec.embedding_dim, spec.metric)
+    meta = [{"path": str(t.path), "pid": int(t.pid), "frames": len(t.frames)}
+            for t in result["tracklets"]]
+    cameras = result["camids"] if (result["camids"] >= 0).all() else None
+    gallery.add(result["ids"].tolist(), result["embeddings"], cameras=cameras, meta=meta)
+    gallery.save(args.out)
+    print(f"wrote {args.out}: {len(gallery)} items, dimension {gallery.dim}, "
+          f"metric {gallery.metric}")
+    return 0
+
+
+def cmd_gallery_search(args) -> int:
+    from reid_sdk.gallery import Gallery
+
+    gallery = Gallery.load(args.gallery)
+    queries = _read_embeddings(args.queries)
+    if "metric" in queries and str(queries["metric"]) != gallery.metric:
+        print(f"reid-sdk: warning: the queries were embedded by a model whose metric is "
+              f"{queries['metric']}, the gallery uses {gallery.metric}", file=sys.stderr)
+    ids, scores = gallery.search(queries["embeddings"], args.k)
+    score_name = "similarity" if gallery.metric == "cosine" else "distance"
+    if args.json:
+        print(json.dumps([{"query": q.item(), "results": [
+            {"rank": r + 1, "id": i.item(), score_name: float(s)}
+            for r, (i, s) in enumerate(zip(row_ids, row_scores))]}
+            for q, row_ids, row_scores in zip(queries["ids"], ids, scores)], indent=1))
+        return 0
+    query_width = max([5] + [len(str(q)) for q in queries["ids"]])
+    id_width = max([2] + [len(str(i)) for i in ids.ravel().tolist()])
+    print(f"{'query':<{query_width}}  {'rank':>4}  {'id':<{id_width}}  {score_name:>10}")
+    for query_id, row_ids, row_scores in zip(queries["ids"], ids, scores):
+        for rank, (item_id, score) in enumerate(zip(row_ids, row_scores)):
+            shown = str(query_id) if rank == 0 else ""
+            print(f"{shown:<{query_width}}  {rank + 1:>4}  {str(item_id):<{id_width}}  "
+                  f"{score:>10.4f}")
+    return 0
+
+
+def _middle_frame(tracklet) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(tracklet.frames[len(tracklet.frames) // 2]) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def cmd_eval(args) -> int:
+    from reid_sdk.metrics import cmc_summary, distance_matrix, evaluate, rank_lists
+    from reid_sdk.visualize import rank_list_picture
+
+    with _open_engine(args) as engine:
+        metric = engine.spec.metric
+        query = _embed_dirs(engine, [args.query], args.camera, args.progress)
+        gallery = _embed_dirs(engine, [args.gallery], args.camera, args.progress)
+    distmat = distance_matrix(query["embeddings"], gallery["embeddings"], metric)
+    result = evaluate(distmat, query["pids"], gallery["pids"], query["camids"],
+                      gallery["camids"], max_rank=args.max_rank)
+    summary = cmc_summary(result, ranks=(1, 5, 10))
+    report = {"model": str(args.model), "metric": metric, **summary,
+              "num_valid_queries": result["num_valid_queries"],
+              "num_skipped_queries": result["num_skipped_queries"],
+              "num_gallery": int(distmat.shape[1]), "cmc": result["cmc"].tolist()}
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = np.arange(min(args.max_queries, distmat.shape[0]))
+    ranked, matches = rank_lists(distmat[shown], query["pids"][shown], gallery["pids"],
+                                 query["camids"][shown], gallery["camids"], args.k)
+    scores = np.take_along_axis(distmat[shown], ranked, axis=1)
+    if metric == "cosine":
+        scores = -scores                        # show the similarity
+    picture = out_dir / "rank_list.png"
+    needed = np.unique(ranked)
+    gallery_crops = {int(g): _middle_frame(gallery["tracklets"][g]) for g in needed}
+    rank_list_picture([_middle_frame(query["tracklets"][q]) for q in shown],
+                      _LazyList(gallery_crops, distmat.shape[1]), ranked, matches, picture,
+                      k=args.k, scores=scores, query_labels=query["ids"][shown].tolist(),
+                      gallery_labels=gallery["ids"].tolist(), max_queries=args.max_queries,
+                      title=f"{Path(args.model).name}: top-{ranked.shape[1]} per query "
+                            f"({metric}); green = true match, red = false")
+    report["rank_list"] = str(picture)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"queries {distmat.shape[0]} (valid {result['num_valid_queries']}, skipped "
+              f"{result['num_skipped_queries']} without a true match), gallery "
+              f"{distmat.shape[1]}, metric {metric}")
+        print("  ".join(f"{name} {value * 100:.2f}%" for name, value in summary.items()))
+        print(f"wrote {picture} and {out_dir / 'metrics.json'}")
+    return 0
+
+
+class _LazyList:
+    """A sequence view over the few gallery crops a picture shows (keyed by gallery index)."""
+
+    def __init__(self, items: dict, length: int):
+        self._items, self._length = items, length
+
+    def __len__(self):
+        return self._length
+
+    def __getitem__(self, index):
+        return self._items[int(index)]
+
+
+def cmd_demo(args) -> int:
+    try:
+        from reid_export import demo
+    except ImportError as exc:
+        raise InputError(f"the demo needs the export side of reid-sdk ({exc}); install it with "
+                         'pip install -e ".[export]"') from None
+    return int(demo.main(args.demo_args) or 0)
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--providers", default=None,
+                        help="ONNX Runtime execution providers, comma-separated, in order of "
+                             "preference (default: TensorRT, CUDA, CPU: the first available)")
+
+
+def _add_embed_options(parser: argparse.ArgumentParser) -> None:
+    _add_engine_options(parser)
+    parser.add_argument("--camera", type=int, default=None,
+                        help="camera index (0-based) for every tracklet, instead of the "
+                             "layout's tracklet.json / <pid>C<cam>T<n> folder name")
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="always show the progress bar (default: only on a terminal)")
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reid-sdk", description="Video person re-identification: engine info, tracklet "
+        "embedding, gallery search, evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="describe an engine (.onnx / .plan / .engine)")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    _add_engine_options(info)
+    info.set_defaults(handler=cmd_info)
+
+    embed = commands.add_parser("embed", help="embed tracklet folders into an .npz file")
+    embed.add_argument("model")
+    embed.add_argument("dirs", nargs="+", metavar="DIR")
+    embed.add_argument("--out", required=True, help="output .npz (ids, paths, pids, camids, "
+                                                    "embeddings, metric)")
+    _add_embed_options(embed)
+    embed.set_defaults(handler=cmd_embed)
+
+    gallery = commands.add_parser("gallery", help="build or search a gallery file")
+    gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True,
+                                              metavar="ACTION")
+    build = gallery_commands.add_parser("build", help="embed tracklet folders into a gallery")
+    build.add_argument("model")
+    build.add_argument("dirs", nargs="+", metavar="DIR")
+    build.add_argument("--out", required=True, help="gallery file to write")
+    _add_embed_options(build)
+    build.set_defaults(handler=cmd_gallery_build)
+    search = gallery_commands.add_parser("search", help="top-k gallery items per query")
+    search.add_argument("gallery", help="gallery file (from `reid-sdk gallery build`)")
+    search.add_argument("--queries", required=True, help=".npz from `reid-sdk embed`")
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    search.set_defaults(handler=cmd_gallery_search)
+
+    evaluation = commands.add_parser(
+        "eval", help="Rank-1/5/10, mAP, mINP of a model on query / gallery folders, and a "
+                     "rank-list picture")
+    evaluation.add_argument("model")
+    evaluation.add_argument("--query", required=True, metavar="DIR")
+    evaluation.add_argument("--gallery", required=True, metavar="DIR")
+    evaluation.add_argument("--out-dir", default="reid_eval",
+                            help="where rank_list.png and metrics.json go (default %(default)s)")
+    evaluation.add_argument("-k", type=int, default=10, help="ranks in the picture (default 10)")
+    evaluation.add_argument("--max-rank", type=int, default=50, help="CMC length (default 50)")
+    evaluation.add_argument("--max-queries", type=int, default=16,
+                            help="query rows in the picture (default 16)")
+    evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_embed_options(evaluation)
+    evaluation.set_defaults(handler=cmd_eval)
+
+    demo = commands.add_parser("demo", add_help=False,
+                               help="the end-to-end demo (needs the [export] extra); its "
+                                    "arguments go to reid_export.demo (reid-sdk demo --help)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``reid-sdk``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Everything after `demo` belongs to reid_export.demo, whose options this parser does not
+    # know.
+    command_at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if command_at is not None and argv[command_at] == "demo":
+        args = parser.parse_args(argv[:command_at + 1])
+        args.demo_args = argv[command_at + 1:]
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ReidError as exc:
+        if args.debug:
+            raise
+        print(f"reid-sdk: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reid-sdk: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
