@@ -259,6 +259,7 @@ def cmd_eval(args) -> int:
                       title=f"{Path(args.model).name}: top-{ranked.shape[1]} per query "
                             f"({metric}); green = true match, red = false")
     report["rank_list"] = str(picture)
+    report["rank_list_queries"] = query["ids"][shown].tolist()
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     if args.json:
         print(json.dumps(report, indent=1))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from reid_sdk.errors import InputError
-from reid_sdk.metrics import (cmc_summary, distance_matrix, evaluate, evaluate_py,
+from reid_sdk.metrics import (cmc_summary, distance_matrix, evaluate, evaluate_py, rank_lists,
                               similarity_to_distance)
 
 
@@ -160,3 +160,20 @@ def test_errors_name_the_problem(rng):
         distance_matrix(rng.normal(size=(2, 12)), rng.normal(size=(2, 13)), "cosine")
     with pytest.raises(InputError, match="metric 'cos'"):
         distance_matrix(rng.normal(size=(2, 12)), rng.normal(size=(2, 12)), "cos")
+
+
+def test_rank_lists_drop_junk_and_mark_matches(rng):
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 9, 40, 4, 2, np.float64,
+                                                                 0.2)
+    indices, is_match = rank_lists(distmat, q_pids, g_pids, q_camids, g_camids, k=7)
+    assert indices.shape == is_match.shape == (9, 7)
+    for q in range(9):
+        ranked = sorted(range(40), key=lambda j: (distmat[q, j], j))
+        kept = [j for j in ranked if not (g_pids[j] == q_pids[q] and g_camids[j] == q_camids[q])]
+        assert indices[q].tolist() == kept[:7]
+        assert is_match[q].tolist() == [bool(g_pids[j] == q_pids[q]) for j in kept[:7]]
+    # k beyond what every query keeps: cut to the shortest kept list
+    narrow, _ = rank_lists(distmat[:, :3], q_pids, g_pids[:3], q_camids, g_camids[:3], k=10)
+    kept_counts = [sum(not (g_pids[j] == q_pids[q] and g_camids[j] == q_camids[q])
+                       for j in range(3)) for q in range(9)]
+    assert narrow.shape == (9, min(kept_counts))
