@@ -269,10 +269,10 @@ class Engine:
                 raise InputError(f"this {spec.arch} engine takes no camera; pass camera=None")
             return None
         num, unseen = spec.num_cameras, spec.unseen_camera_index
-        if camera is None or _is_int(camera):
+        if camera is None or isinstance(camera, (str, bytes)) or np.ndim(camera) == 0:
             values = [camera] * count
         else:
-            values = list(camera) if not isinstance(camera, (str, bytes)) else [camera]
+            values = list(camera)
             if len(values) != count:
                 raise InputError(f"got {len(values)} cameras for {count} tracklets: pass one "
                                  "camera index, or one per tracklet")

@@ -154,8 +154,8 @@ class OnnxRuntimeBackend(Backend):
         if text is None:
             raise SpecError(
                 f"{self.path} carries no engine spec (metadata_props[{METADATA_KEY!r}]): it was "
-                "not exported by `reid-export onnx`, or its metadata was stripped by another "
-                "tool; re-export it with `reid-export onnx`")
+                "not exported by `reid-export onnx`, another tool stripped its metadata, or the "
+                "file is truncated; re-export it with `reid-export onnx`")
         self.spec = EngineSpec.from_json(text)
         self.inputs = tuple(_desc(a) for a in self._session.get_inputs())
         self.outputs = tuple(_desc(a) for a in self._session.get_outputs())
