@@ -121,8 +121,8 @@ class Preprocessor:
         if self.policy == "pad_to_square":
             top, bottom, left, right = pad_to_square_borders(crop.shape[0], crop.shape[1])
             if top or left:
-                canvas = Image.new("RGB", (crop.shape[1] + left + right, crop.shape[0] + top + bottom),
-                                   (self.pad_value,) * 3)
+                padded_size = (crop.shape[1] + left + right, crop.shape[0] + top + bottom)
+                canvas = Image.new("RGB", padded_size, (self.pad_value,) * 3)
                 canvas.paste(image, (left, top))
                 image = canvas
         height, width = self.out_hw
@@ -133,8 +133,8 @@ class Preprocessor:
         return self(prepare_crop(crop, color, self.model_color))
 
 
-def submit_frames(executor: Executor | None, crops: Sequence[np.ndarray], preprocessor: Preprocessor,
-                  color: str, out: np.ndarray) -> list[Future]:
+def submit_frames(executor: Executor | None, crops: Sequence[np.ndarray],
+                  preprocessor: Preprocessor, color: str, out: np.ndarray) -> list[Future]:
     """Preprocess checked ``crops`` into ``out[i]`` ([n, H, W, 3] uint8), one task per crop.
 
     With an executor the tasks run in its threads and their futures are returned (wait on them

@@ -98,7 +98,8 @@ def _frames_branch(spec, rng, batch):
         _const("pixel_shift", (255.0 * np.asarray(spec["normalize"]["mean"])).astype(np.float32)),
         _const("pixel_scale", scale.astype(np.float32)),
         _const("flat_shape", np.array([0, -1], np.int64)),
-        _const("frames_weight", (rng.standard_normal((size, d)) / np.sqrt(size)).astype(np.float32)),
+        _const("frames_weight",
+               (rng.standard_normal((size, d)) / np.sqrt(size)).astype(np.float32)),
         _const("frames_bias", rng.standard_normal(d).astype(np.float32)),
     ]
     nodes = [
@@ -144,7 +145,8 @@ def keyreid_like_model(spec: dict, *, seed: int = 0, batch: int | str = "B") -> 
     rows = camera["num_cameras"] + (1 if camera.get("unseen_camera_index") is not None else 0)
     nodes, inits, frames_input = _frames_branch(spec, rng, batch)
     inits += [
-        _const("keypoint_weight", (0.01 * rng.standard_normal((t * joints * 3, d))).astype(np.float32)),
+        _const("keypoint_weight",
+               (0.01 * rng.standard_normal((t * joints * 3, d))).astype(np.float32)),
         _const("crop_weight", (0.01 * rng.standard_normal((t * 2, d))).astype(np.float32)),
         _const("valid_weight", rng.standard_normal((t, d)).astype(np.float32)),
         _const("camera_table", rng.standard_normal((rows, d)).astype(np.float32)),

@@ -110,6 +110,7 @@ def test_l2_normalize_matches_float64_and_keeps_zero_rows(rng):
     x = rng.standard_normal((5, 9)).astype(np.float32) * 100
     x[2] = 0
     out = l2_normalize(x)
-    ref = x.astype(np.float64) / np.maximum(np.linalg.norm(x.astype(np.float64), axis=1), 1e-12)[:, None]
+    wide = x.astype(np.float64)
+    ref = wide / np.maximum(np.linalg.norm(wide, axis=1), 1e-12)[:, None]
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
     assert not out[2].any()

@@ -469,7 +469,7 @@ print("TORCH", sorted(m for m in sys.modules if m == "torch" or m.startswith("to
     assert "TORCH []" in done.stdout
 
 
-# -- GPU (run on the GPU machine: pytest -m gpu tests/sdk/test_engine.py) ---------------------------
+# -- GPU (run on the GPU machine: pytest -m gpu tests/sdk/test_engine.py) -------------------------
 @pytest.mark.gpu
 def test_cuda_ep_matches_cpu(models, rng):
     tracklets, keypoints, cameras = keyreid_inputs(rng, KEYREID_LENGTHS)

@@ -437,7 +437,9 @@ def build_real_engine(onnx_path, plan_path, spec, max_batch=8):
     return plan_path
 
 
-@pytest.mark.trt  # implies a GPU; not marked gpu so `pytest -m gpu` on a TensorRT-less machine passes
+# Marked trt only (TensorRT implies a GPU): `pytest -m gpu` on the TensorRT-less GPU machine
+# must not pick these up.
+@pytest.mark.trt
 @pytest.mark.parametrize("arch", ["hamobe", "keyreid"])
 def test_real_tensorrt_engine_equals_onnxruntime(tmp_path, rng, arch):
     build = fx.build_hamobe_like if arch == "hamobe" else fx.build_keyreid_like

@@ -215,7 +215,8 @@ def _cuda(cudart, result, what: str):
     error, *values = result
     if error != cudart.cudaError_t.cudaSuccess:
         name = cudart.cudaGetErrorName(error)[1]
-        raise BackendError(f"CUDA {what} failed: {name.decode() if isinstance(name, bytes) else name}")
+        name = name.decode() if isinstance(name, bytes) else name
+        raise BackendError(f"CUDA {what} failed: {name}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
