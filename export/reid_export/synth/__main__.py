@@ -1,0 +1,5 @@
+import sys
+
+from reid_export.synth.cli import main
+
+sys.exit(main())
