@@ -76,7 +76,8 @@ class Engine:
     ``.engine`` file (TensorRT), with the engine spec it carries.
 
     path: the engine file. backend: ``"onnxruntime"`` / ``"tensorrt"``, or None to choose by
-    suffix. providers: ONNX Runtime execution providers in order of preference; None takes the
+    suffix. providers: ONNX Runtime execution providers in order of preference (names, or
+    ``(name, options)`` pairs as onnxruntime takes them); None takes the
     first of TensorRT EP, CUDA EP, CPU EP that is available and starts (a listed provider that
     fails to start is skipped with a RuntimeWarning). device: CUDA device index. max_batch: clips
     per engine run (default: 8 on CPU, 32 on a GPU provider, the profile maximum for TensorRT, or
@@ -88,7 +89,7 @@ class Engine:
     """
 
     def __init__(self, path: str | os.PathLike, *, backend: str | None = None,
-                 providers: Sequence[str] | str | None = None, device: int = 0,
+                 providers: Sequence | str | None = None, device: int = 0,
                  max_batch: int | None = None, preprocess_threads: int | None = None):
         if preprocess_threads is not None and (not _is_int(preprocess_threads)
                                                or preprocess_threads < 0):

@@ -203,7 +203,7 @@ def backend_for(path: str | os.PathLike, backend: str | None) -> str:
 
 
 def open_backend(path: str | os.PathLike, *, backend: str | None = None,
-                 providers: Sequence | None = None, device: int = 0,
+                 providers: Sequence | str | None = None, device: int = 0,
                  max_batch: int | None = None) -> Backend:
     """Load ``path`` with the backend its suffix (or ``backend``) names."""
     kind = backend_for(path, backend)

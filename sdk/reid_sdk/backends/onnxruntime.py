@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from reid_sdk.backends import Backend, TensorDesc, check_io, resolve_batch_limits
-from reid_sdk.errors import BackendError, BackendUnavailableError, EngineFileError, SpecError
+from reid_sdk.errors import (BackendError, BackendUnavailableError, EngineFileError, InputError,
+                             SpecError)
 from reid_sdk.spec import METADATA_KEY, EngineSpec
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -50,43 +51,58 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def create_session(ort, path: str, providers: Sequence[str], device: int):
-    """One ``InferenceSession`` attempt with ``providers`` in order (ORT's own silent fallback
-    disabled, so failures surface here)."""
-    options = [{"device_id": str(device)} if p in GPU_PROVIDERS else {} for p in providers]
-    return ort.InferenceSession(path, providers=list(providers), provider_options=options,
+def create_session(ort, path: str, providers: Sequence[tuple], device: int):
+    """One ``InferenceSession`` attempt with ``providers`` ((name, options) pairs) in order,
+    ``device_id`` set for GPU providers; ORT's own silent fallback is disabled, so failures
+    surface here."""
+    names = [name for name, _ in providers]
+    options = [{**({"device_id": str(device)} if name in GPU_PROVIDERS else {}), **extra}
+               for name, extra in providers]
+    return ort.InferenceSession(path, providers=names, provider_options=options,
                                 enable_fallback=0)
 
 
-def provider_candidates(available: Sequence[str], requested: Sequence[str] | str | None) -> list:
-    """The providers to try, in order: the default order filtered by ``available``, or the
-    requested ones that are available (the others dropped with a warning)."""
+def provider_candidates(available: Sequence[str], requested) -> list[tuple[str, dict]]:
+    """The providers to try, in order, as (name, options) pairs: the default order filtered by
+    ``available``, or the requested ones (names or (name, options) pairs) that are available,
+    the others dropped with a warning."""
     if requested is None:
-        return [p for p in DEFAULT_PROVIDERS if p in available]
-    requested = [requested] if isinstance(requested, str) else list(requested)
-    if not requested or not all(isinstance(p, str) for p in requested):
-        raise BackendUnavailableError(f"providers must be a non-empty list of execution provider "
-                                      f"names, got {requested!r}")
-    kept = [p for p in requested if p in available]
+        return [(p, {}) for p in DEFAULT_PROVIDERS if p in available]
+    requested = [requested] if isinstance(requested, (str, tuple)) else list(requested)
+    pairs = []
+    for entry in requested:
+        if isinstance(entry, str):
+            entry = (entry, {})
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], dict)):
+            raise InputError(f"providers must be execution provider names or (name, options) "
+                             f"pairs, got {entry!r}")
+        pairs.append(entry)
+    if not pairs:
+        raise InputError("providers is empty: pass None for the best available")
+    kept = [p for p in pairs if p[0] in available]
+    names = [name for name, _ in pairs]
     if not kept:
         raise BackendUnavailableError(
-            f"none of the requested providers {requested} is available in this onnxruntime "
+            f"none of the requested providers {names} is available in this onnxruntime "
             f"(available: {list(available)}); for the CUDA / TensorRT EPs install onnxruntime-gpu, "
             "or pass providers=None to take the best available")
-    missing = [p for p in requested if p not in available]
+    missing = [name for name in names if name not in available]
     if missing:
         warnings.warn(f"execution providers {missing} are not available in this onnxruntime "
-                      f"(available: {list(available)}); trying {kept}", RuntimeWarning,
-                      stacklevel=4)
+                      f"(available: {list(available)}); trying {[p[0] for p in kept]}",
+                      RuntimeWarning, stacklevel=4)
     return kept
 
 
-def open_session(ort, path: str, candidates: Sequence[str], device: int):
-    """``(session, providers_in_use)``: the first of ``candidates`` that starts, then the rest
-    as ORT's per-node fallback. A provider that raises is dropped with a warning and the next is
-    tried; a provider ORT silently skips (it logs why) is reported with a warning."""
+def open_session(ort, path: str, candidates: Sequence[tuple], device: int):
+    """``(session, providers_in_use)``: the first of ``candidates`` ((name, options) pairs)
+    that starts, then the rest as ORT's per-node fallback. A provider that raises is dropped with
+    a warning and the next is tried; a provider ORT silently skips (it logs why) is reported with
+    a warning."""
     remaining = list(candidates)
     while True:
+        names = [name for name, _ in remaining]
         try:
             session = create_session(ort, path, remaining, device)
         except Exception as exc:  # onnxruntime raises its own exception classes
@@ -96,26 +112,26 @@ def open_session(ort, path: str, candidates: Sequence[str], device: int):
                     "truncated, corrupt or not an ONNX model: copy it again or re-export it with "
                     "`reid-export onnx`") from None
             if len(remaining) == 1:
-                if remaining[0] in GPU_PROVIDERS:
+                if names[0] in GPU_PROVIDERS:
                     raise BackendUnavailableError(
-                        f"{remaining[0]} could not start for {path}: {_first_line(exc)}; check "
+                        f"{names[0]} could not start for {path}: {_first_line(exc)}; check "
                         "the GPU driver / CUDA libraries or allow CPUExecutionProvider") from None
                 raise EngineFileError(
                     f"ONNX Runtime could not load {path}: {_first_line(exc)}. The model may use an "
                     "op this onnxruntime lacks or be damaged: upgrade onnxruntime or re-export "
                     "with `reid-export onnx`") from None
-            warnings.warn(f"{remaining[0]} is listed by onnxruntime but failed to start "
-                          f"({_first_line(exc)}); falling back to {remaining[1:]}",
+            warnings.warn(f"{names[0]} is listed by onnxruntime but failed to start "
+                          f"({_first_line(exc)}); falling back to {names[1:]}",
                           RuntimeWarning, stacklevel=4)
             remaining = remaining[1:]
             continue
         used = tuple(session.get_providers())
-        if not any(p in used for p in remaining):
+        if not any(name in used for name in names):
             raise BackendUnavailableError(
-                f"onnxruntime could not start any of {remaining} for {path} (it runs on "
+                f"onnxruntime could not start any of {names} for {path} (it runs on "
                 f"{list(used)}; its log says why); allow CPUExecutionProvider or fix the GPU setup")
-        lost = [p for p in remaining if p not in used]
-        if lost and lost[0] == remaining[0]:
+        lost = [name for name in names if name not in used]
+        if lost and lost[0] == names[0]:
             warnings.warn(f"onnxruntime did not start {lost} (its log above says why); running "
                           f"on {list(used)}", RuntimeWarning, stacklevel=4)
         return session, used
@@ -131,14 +147,15 @@ def _desc(node_arg) -> TensorDesc:
 class OnnxRuntimeBackend(Backend):
     """An ``.onnx`` engine in an ONNX Runtime session (thread-safe ``run``).
 
-    providers: execution provider names in order of preference, or None for the best available
-    (TensorRT EP, CUDA EP, CPU EP); device: CUDA device index for GPU providers; max_batch:
-    clips per run (default 8 on CPU, 32 on a GPU provider, or the graph's fixed batch).
+    providers: execution provider names (or ORT-style (name, options) pairs) in order of
+    preference, or None for the best available (TensorRT EP, CUDA EP, CPU EP); device: CUDA
+    device index for GPU providers; max_batch: clips per run (default 8 on CPU, 32 on a GPU
+    provider, or the graph's fixed batch).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | str | None = None,
+    def __init__(self, path: str | os.PathLike, *, providers: Sequence | str | None = None,
                  device: int = 0, max_batch: int | None = None):
         ort = import_onnxruntime()
         self.path = os.fspath(path)
