@@ -103,6 +103,9 @@ def plan_clips(clips_spec: Mapping, n: int) -> ClipPlan:
     if policy == "hamobe_recombination":
         return hamobe_recombination(n, clips_spec["seq_len"], clips_spec["stride"])
     if policy == "consecutive_chunks":
+        if clips_spec.get("pad", "loop") != "loop":
+            raise SpecError(f"clip padding {clips_spec['pad']!r} is unknown to this reid-sdk "
+                            "(it loop-pads); upgrade reid-sdk or re-export the model")
         return consecutive_chunks(n, clips_spec["seq_len"], clips_spec.get("max_clips"))
     raise SpecError(f"unknown clip policy {policy!r}; upgrade reid-sdk or re-export the model")
 

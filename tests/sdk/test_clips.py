@@ -69,6 +69,8 @@ def test_plan_clips_dispatches_on_policy():
             np.testing.assert_array_equal(valid, direct[1])
     with pytest.raises(SpecError, match="unknown clip policy"):
         plan_clips({"policy": "random", "seq_len": 4}, 5)
+    with pytest.raises(SpecError, match="clip padding 'zeros'"):
+        plan_clips({**keyreid, "pad": "zeros"}, 5)
 
 
 @pytest.mark.parametrize("bad", [0, -3])
