@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reid_sdk.backends import extra_input_name, file_sha256, open_backend
+from reid_sdk.backends import Backend, extra_input_name, file_sha256, open_backend
 from reid_sdk.clips import aggregate_clips, plan_clips
 from reid_sdk.errors import BackendError, InputError
 from reid_sdk.preprocess import (Preprocessor, check_color, check_crop, default_threads,
@@ -67,6 +67,13 @@ class _Request:
         return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 
 
+def _check_threads(preprocess_threads) -> None:
+    if preprocess_threads is not None and (not _is_int(preprocess_threads)
+                                           or preprocess_threads < 0):
+        raise InputError(f"preprocess_threads must be an int >= 0 or None, got "
+                         f"{preprocess_threads!r}")
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -91,12 +98,25 @@ class Engine:
     def __init__(self, path: str | os.PathLike, *, backend: str | None = None,
                  providers: Sequence | str | None = None, device: int = 0,
                  max_batch: int | None = None, preprocess_threads: int | None = None):
-        if preprocess_threads is not None and (not _is_int(preprocess_threads)
-                                               or preprocess_threads < 0):
-            raise InputError(f"preprocess_threads must be an int >= 0 or None, got "
-                             f"{preprocess_threads!r}")
-        self._backend = open_backend(path, backend=backend, providers=providers, device=device,
-                                     max_batch=max_batch)
+        _check_threads(preprocess_threads)
+        self._attach(open_backend(path, backend=backend, providers=providers, device=device,
+                                  max_batch=max_batch), preprocess_threads)
+
+    @classmethod
+    def from_backend(cls, backend: Backend, *, preprocess_threads: int | None = None) -> "Engine":
+        """An Engine over an already opened :class:`~reid_sdk.backends.Backend` (for example
+        reid-export's PyTorch reference backend), with the same preprocessing, clip sampling,
+        batching and aggregation as a file-backed Engine."""
+        if not isinstance(backend, Backend):
+            raise InputError(f"from_backend needs a reid_sdk.backends.Backend, got "
+                             f"{type(backend).__name__}")
+        _check_threads(preprocess_threads)
+        engine = cls.__new__(cls)
+        engine._attach(backend, preprocess_threads)
+        return engine
+
+    def _attach(self, backend: Backend, preprocess_threads: int | None) -> None:
+        self._backend = backend
         self._preprocessor = Preprocessor(self.spec.input)
         self._threads = default_threads() if preprocess_threads is None else preprocess_threads
         self._executor = None
