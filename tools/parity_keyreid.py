@@ -173,6 +173,29 @@ def make_tracklet(rng, num_frames: int):
     return images, np.stack(keypoints), crop_hw
 
 
+def write_tracklet(official, directory: Path, images, keypoints, crop_hw, camera):
+    """Write the frames (JPEG) and, per frame, the heatmaps of the paper-era and the released
+    generator (npy) in the layout their loader reads. Returns the frame paths and the
+    heatmap roots ``{"paper": ..., "released": ...}``."""
+    roots = {name: directory / name for name in ("images", "paper", "released")}
+    paths, drawn = [], 0
+    for index, (image, kp, hw) in enumerate(zip(images, keypoints, crop_hw, strict=True)):
+        name = f"0001C{camera + 1}T0001F{index:03d}"
+        for root in roots.values():
+            (root / "0001").mkdir(parents=True, exist_ok=True)
+        paths.append(str(roots["images"] / "0001" / f"{name}.jpg"))
+        image.save(paths[-1])
+        np.save(roots["paper"] / "0001" / f"{name}.npy",
+                official.heatmaps(official.paper_era, kp, hw))
+        released = official.heatmaps(official.released, kp, hw)
+        drawn += int(np.count_nonzero(released))
+        np.save(roots["released"] / "0001" / f"{name}.npy", released)
+    print(f"tracklet: {len(images)} frames, camera {camera}, crops (h, w) from "
+          f"{min(crop_hw)} to {max(crop_hw)}; the released generator drew {drawn} nonzero "
+          f"heatmap pixels")
+    return paths, roots
+
+
 def clip_slots(num_frames: int):
     """Frame index of each (clip, slot) and whether the slot holds a real frame: consecutive
     chunks of 4, the last chunk loop-padded (MODELS.md 2.4)."""
@@ -205,15 +228,15 @@ def patch_weights_from_heatmaps(heatmaps: torch.Tensor) -> torch.Tensor:
 def check_clip_layout(imgs, heatmaps, cameras, paths, slots, valid, camera):
     """Our (clip, slot) -> frame mapping, validity flags and cameras describe their clips."""
     transform = frames_transform()
-    for clip, (frame_indices, flags) in enumerate(zip(slots, valid)):
-        for slot, (index, real) in enumerate(zip(frame_indices, flags)):
+    for clip, (frame_indices, flags) in enumerate(zip(slots, valid, strict=True)):
+        for slot, (index, real) in enumerate(zip(frame_indices, flags, strict=True)):
             expected = transform(Image.open(paths[index]).convert("RGB"))
             if not torch.equal(imgs[clip, slot], expected):
                 raise AssertionError(f"clip {clip} slot {slot} is not frame {index}")
-            if bool(heatmaps[clip, slot].abs().sum() == 0) == real and real:
-                raise AssertionError(f"clip {clip} slot {slot}: real frame with zero heatmaps")
-            if not real and heatmaps[clip, slot].abs().sum() != 0:
-                raise AssertionError(f"clip {clip} slot {slot}: padding frame with heatmaps")
+            # The loader maps every real frame to [-1, 1) and pads the rest with exact zeros.
+            if bool((heatmaps[clip, slot] == 0).all()) == real:
+                raise AssertionError(f"clip {clip} slot {slot}: frame_valid {real} disagrees "
+                                     f"with their heatmap padding")
     if list(cameras) != [camera] * (len(slots) * FRAMES_PER_CLIP):
         raise AssertionError(f"their per-frame cameras {list(cameras)} differ from {camera}")
 
@@ -285,24 +308,7 @@ def main(argv=None):
         # One tracklet whose last clip is loop-padded (2 real frames).
         num_frames = FRAMES_PER_CLIP * (args.clips - 1) + 2
         images, keypoints, crop_hw = make_tracklet(rng, num_frames)
-        roots = {name: tmp / name for name in ("images", "paper", "released")}
-        drawn = 0
-        paths = []
-        for index, (image, kp, hw) in enumerate(zip(images, keypoints, crop_hw)):
-            name = f"0001C{args.camera + 1}T0001F{index:03d}"
-            for root in roots.values():
-                (root / "0001").mkdir(parents=True, exist_ok=True)
-            paths.append(str(roots["images"] / "0001" / f"{name}.jpg"))
-            image.save(paths[-1])
-            np.save(roots["paper"] / "0001" / f"{name}.npy",
-                    official.heatmaps(official.paper_era, kp, hw))
-            released = official.heatmaps(official.released, kp, hw)
-            drawn += int(np.count_nonzero(released))
-            np.save(roots["released"] / "0001" / f"{name}.npy", released)
-        print(f"tracklet: {num_frames} frames -> {args.clips} clips of {FRAMES_PER_CLIP}, camera "
-              f"{args.camera}; crops {sorted(set(crop_hw))[:3]}...; the released generator drew "
-              f"{drawn} nonzero heatmap pixels")
-
+        paths, roots = write_tracklet(official, tmp, images, keypoints, crop_hw, args.camera)
         slots, valid = clip_slots(num_frames)
         ours_keypoints = torch.from_numpy(keypoints[np.array(slots)])
         ours_crop_hw = torch.tensor(crop_hw, dtype=torch.int32)[torch.tensor(slots)]

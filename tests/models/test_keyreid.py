@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reid_export.models import create, keyreid
 from reid_export.ops import keypoint_patch_pool
 
@@ -52,7 +51,8 @@ def _literal_block(block, x):
     n, length, dim = x.shape
     heads = block.attn.num_heads
     head_dim = dim // heads
-    qkv = _linear(block.attn.qkv, _layer_norm(block.norm1, x)).reshape(n, length, 3, heads, head_dim)
+    qkv = _linear(block.attn.qkv, _layer_norm(block.norm1, x))
+    qkv = qkv.reshape(n, length, 3, heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     attention = (torch.einsum("nihd,njhd->nhij", q, k) / math.sqrt(head_dim)).softmax(-1)
     mixed = torch.einsum("nhij,njhd->nihd", attention, v).reshape(n, length, dim)
@@ -95,7 +95,8 @@ def _reference_forward(model, frames, weights, camera):
     for b in range(batch):
         for t in range(frames_per_clip):
             cols = F.unfold(frames[b, t][None], patch, stride=patch)[0].T  # [K, 3*p*p]
-            patches = cols @ base.patch_embed.proj.weight.reshape(dim, -1).T + base.patch_embed.proj.bias
+            proj = base.patch_embed.proj
+            patches = cols @ proj.weight.reshape(dim, -1).T + proj.bias
             seq = torch.cat([base.cls_token[0], patches])
             sequences.append(seq + base.pos_embed[0] + 3.0 * base.Cam[int(camera[b]), 0])
     tokens = torch.stack(sequences)
@@ -104,7 +105,8 @@ def _reference_forward(model, frames, weights, camera):
     # 2. global branch: b1, CLS, temporal attention, bottleneck
     cls = _layer_norm(model.b1[1], _literal_block(model.b1[0], tokens))[:, 0]
     conv_w = model.attention_conv.weight.reshape(model.attention_conv.out_channels, dim)
-    hidden = torch.relu(cls @ conv_w.T + model.attention_conv.bias).reshape(batch, frames_per_clip, -1)
+    hidden = torch.relu(cls @ conv_w.T + model.attention_conv.bias)
+    hidden = hidden.reshape(batch, frames_per_clip, -1)
     tconv_w, tconv_b = model.attention_tconv.weight[0], model.attention_tconv.bias[0]
     global_feats = []
     for b in range(batch):
@@ -419,7 +421,8 @@ def test_matches_recognises_keyreid_only(official_meta):
     assert keyreid.matches(deduplicated)
     assert keyreid.config_from_state_dict(deduplicated) == keyreid.PRESETS["official"]
     assert not keyreid.matches({k: v for k, v in state.items() if not k.startswith("base.")})
-    hamobe_like = {"decoder.temporal_pos_embed.0": torch.zeros(8, 1024), "fc.weight": torch.zeros(2, 2)}
+    hamobe_like = {"decoder.temporal_pos_embed.0": torch.zeros(8, 1024),
+                   "fc.weight": torch.zeros(2, 2)}
     assert not keyreid.matches(hamobe_like)
     with pytest.raises(ValueError, match="not a KeyRe-ID state_dict"):
         keyreid.config_from_state_dict(hamobe_like)
@@ -446,6 +449,8 @@ def test_bad_inputs_get_clear_errors(rng):
         model.forward_part_weights(frames[:, :3], weights, camera)
     with pytest.raises(TypeError, match="floating point"):
         model.forward_part_weights((frames * 100).to(torch.uint8), weights, camera)
+    with pytest.raises(TypeError, match="frames are torch.float64 but the model is torch.float32"):
+        model.forward_part_weights(frames.double(), weights, camera)
     with pytest.raises(ValueError, match=r"camera indices must lie in 0\.\.5"):
         model.forward_part_weights(frames, weights, torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="one camera index per clip"):

@@ -152,8 +152,9 @@ class TransReIDBackbone(nn.Module):
         frames_per_clip = frames.shape[1]
         x = self.patch_embed(frames.flatten(0, 1))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        camera_embedding = self.Cam[camera].unsqueeze(1)  # [B, 1, 1, D]
-        x = x.unflatten(0, (-1, frames_per_clip)) + self.pos_embed + self.cam_lambda * camera_embedding
+        camera_embedding = self.Cam.index_select(0, camera).unsqueeze(1)  # [B, 1, 1, D]
+        x = x.unflatten(0, (-1, frames_per_clip))
+        x = x + self.pos_embed + self.cam_lambda * camera_embedding
         x = x.flatten(0, 1)
         for block in self.blocks[:-1]:
             x = block(x)
@@ -195,7 +196,7 @@ class KeyReID(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        self.reid_config = dict(config)
+        self.reid_config = {**config, "img_size": list(config["img_size"])}  # own copy
         img_h, img_w = config["img_size"]
         patch, dim, frames = config["patch_size"], config["embed_dim"], config["frames"]
         self.frames_per_clip = frames
@@ -221,7 +222,8 @@ class KeyReID(nn.Module):
         for part in range(1, NUM_PARTS + 1):
             self.add_module(f"bottleneck_{part}", nn.BatchNorm1d(local_dim))
         for part in range(1, NUM_PARTS + 1):  # training only
-            self.add_module(f"classifier_{part}", nn.Linear(local_dim, config["classes"], bias=False))
+            self.add_module(f"classifier_{part}",
+                            nn.Linear(local_dim, config["classes"], bias=False))
         self.attention_conv = nn.Conv2d(dim, config["attention_dim"], kernel_size=1)
         self.attention_tconv = nn.Conv1d(config["attention_dim"], 1, kernel_size=3, padding=1)
 
@@ -242,7 +244,8 @@ class KeyReID(nn.Module):
         (0-based, one per clip) -> [B, D + 6*T*D] float32 (19200 for the official preset).
         """
         self._check_keypoint_inputs(frames, keypoints, crop_hw, frame_valid)
-        weights = keypoint_patch_pool_op(keypoints, crop_hw, frame_valid, **self.patch_pool_attributes)
+        weights = keypoint_patch_pool_op(keypoints, crop_hw, frame_valid,
+                                         **self.patch_pool_attributes)
         return self.forward_part_weights(frames, weights.transpose(1, 2), camera)
 
     def forward_part_weights(self, frames, part_weights, camera):
@@ -274,7 +277,8 @@ class KeyReID(nn.Module):
         token, patches = temporal_clip_shift_shuffle(tokens, self.frames_per_clip)
         # Row j of the shuffled patches is scaled by the weight of spatial patch j, as the
         # official code does (the rows are not spatially aligned: MODELS.md 2.7 item 1).
-        weighted = patches.unsqueeze(1) * part_weights.transpose(1, 2).unsqueeze(-1)  # [B,6,K,TD]
+        part_weights = part_weights.to(patches.dtype).transpose(1, 2).unsqueeze(-1)  # [B, 6, K, 1]
+        weighted = patches.unsqueeze(1) * part_weights  # [B, 6, K, T*D]
         sequences = torch.cat([token.unsqueeze(1).expand(-1, NUM_PARTS, -1, -1), weighted], dim=2)
         part_tokens = self.b2[1](self.b2[0].forward_first_token(sequences.flatten(0, 1)))
         part_tokens = part_tokens.reshape(-1, NUM_PARTS, part_tokens.shape[-1])  # [B, 6, TD]
@@ -299,6 +303,9 @@ class KeyReID(nn.Module):
         if not frames.dtype.is_floating_point:
             raise TypeError(f"frames must be floating point and already normalised to [-1, 1], "
                             f"got {frames.dtype}; convert with (x / 255 - 0.5) / 0.5")
+        if frames.dtype != self.base.cls_token.dtype:
+            raise TypeError(f"frames are {frames.dtype} but the model is "
+                            f"{self.base.cls_token.dtype}; cast one of them")
         if camera.dim() != 1 or camera.dtype.is_floating_point or camera.dtype == torch.bool:
             raise TypeError(f"camera must be an integer tensor [B] (one camera index per clip), "
                             f"got {camera.dtype} {tuple(camera.shape)}")
@@ -483,7 +490,8 @@ def config_from_state_dict(state_dict) -> dict:
         embed_dim=embed_dim, patch_size=patch_h, depth=depth,
         mlp_ratio=shape["base.blocks.0.mlp.fc1.weight"][0] / embed_dim,
         frames=local_dim // embed_dim, cameras=shape["base.Cam"][0],
-        classes=shape["classifier.weight"][0] if "classifier.weight" in shape else config["classes"],
+        classes=(shape["classifier.weight"][0] if "classifier.weight" in shape
+                 else config["classes"]),
         backbone_classes=shape["base.fc.weight"][0] if "base.fc.weight" in shape
         else config["backbone_classes"],
         attention_dim=shape["attention_conv.weight"][0], unseen_camera_index=None)
@@ -529,5 +537,14 @@ def add_unseen_camera_row(model: KeyReID) -> KeyReID:
     return model
 
 
-__all__ = ["PRESETS", "HEATMAP_MODES", "KeyReID", "build", "matches", "config_from_state_dict",
-           "add_unseen_camera_row", "randomize_", "temporal_clip_shift_shuffle"]
+__all__ = [
+    "HEATMAP_MODES",
+    "PRESETS",
+    "KeyReID",
+    "add_unseen_camera_row",
+    "build",
+    "config_from_state_dict",
+    "matches",
+    "randomize_",
+    "temporal_clip_shift_shuffle",
+]
