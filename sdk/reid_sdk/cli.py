@@ -32,23 +32,15 @@ from reid_sdk.errors import InputError, ReidError
 # folders while keeping the engine's batches full.
 TRACKLETS_PER_CALL = 64
 EMBEDDINGS_FORMAT = "reid_sdk.embeddings"
+# pid / camid written where the layout gives none (pid -1 also marks distractors).
+UNKNOWN = -1
 
 
 # -- tracklets to embeddings ----------------------------------------------------------------------
 def _scan(dirs: Sequence[str]) -> list:
     from reid_sdk import layout
 
-    tracklets = []
-    for directory in dirs:
-        if not Path(directory).is_dir():
-            raise InputError(f"{directory} is not a directory: give tracklet folders or folders "
-                             "above them (docs/dataset_layout.md)")
-        found = layout.scan(directory)
-        if not found:
-            raise InputError(f"no tracklet folders (folders holding .jpg/.png images) under "
-                             f"{directory}")
-        tracklets.extend(found)
-    return tracklets
+    return [tracklet for directory in dirs for tracklet in layout.scan(directory)]
 
 
 def _tracklet_id(tracklet) -> str:
@@ -88,17 +80,32 @@ def _embed_tracklets(engine, tracklets: list, camera: int | None, progress: bool
                             f"{t.path} has no keypoints.json, and this {spec.arch} engine needs "
                             "COCO-17 keypoints per frame (docs/dataset_layout.md)")
                     keypoints.append(points)
-            cameras = None
-            if wants_camera:
-                cameras = [camera if camera is not None else t.camid for t in group]
+            cameras = [_camera_for(spec, t, camera) for t in group] if wants_camera else None
             out[start:start + len(group)] = engine.embed(frames, keypoints=keypoints,
                                                          camera=cameras, progress=False)
             bar.update(len(group))
     return out
 
 
-def _embed_dirs(engine, dirs: Sequence[str], camera: int | None, progress: bool | None) -> dict:
-    tracklets = _scan(dirs)
+def _camera_for(spec, tracklet, camera: int | None) -> int | None:
+    """The camera index to embed ``tracklet`` with, checked here so that errors name the
+    folder."""
+    chosen = tracklet.camid if camera is None else camera
+    unseen = spec.unseen_camera_index
+    if chosen is None and unseen is None:
+        raise InputError(f"{tracklet.path} has no camera (neither tracklet.json nor a "
+                         f"<pid>C<cam>T<n> folder name gives one) and this {spec.arch} engine "
+                         "needs one: pass --camera N")
+    if chosen is not None and not (0 <= chosen < spec.num_cameras or chosen == unseen):
+        raise InputError(f"{tracklet.path} has camera {chosen} (0-based), but this {spec.arch} "
+                         f"engine knows cameras 0..{spec.num_cameras - 1}: pass --camera N with a "
+                         "camera it knows" + ("" if unseen is None else
+                                              f", or {unseen} for its unseen-camera row"))
+    return chosen
+
+
+def _embed(engine, tracklets: list, camera: int | None, progress: bool | None) -> dict:
+    """Embeddings of layout tracklets with what the output files record about them."""
     started = time.perf_counter()
     embeddings = _embed_tracklets(engine, tracklets, camera, progress)
     seconds = time.perf_counter() - started
@@ -108,8 +115,10 @@ def _embed_dirs(engine, dirs: Sequence[str], camera: int | None, progress: bool 
     return {
         "ids": np.array([_tracklet_id(t) for t in tracklets]),
         "paths": np.array([str(t.path) for t in tracklets]),
-        "pids": np.array([t.pid for t in tracklets], dtype=np.int64),
-        "camids": np.array([t.camid if camera is None else camera for t in tracklets],
+        "pids": np.array([UNKNOWN if t.pid is None else t.pid for t in tracklets],
+                         dtype=np.int64),
+        "camids": np.array([camera if camera is not None else
+                            UNKNOWN if t.camid is None else t.camid for t in tracklets],
                            dtype=np.int64),
         "embeddings": embeddings,
         "tracklets": tracklets,
@@ -160,7 +169,7 @@ def cmd_info(args) -> int:
 
 def cmd_embed(args) -> int:
     with _open_engine(args) as engine:
-        result = _embed_dirs(engine, args.dirs, args.camera, args.progress)
+        result = _embed(engine, _scan(args.dirs), args.camera, args.progress)
         metric = engine.spec.metric
     arrays = {k: v for k, v in result.items() if k != "tracklets"}
     arrays["metric"] = np.array(metric)
@@ -177,7 +186,7 @@ def cmd_gallery_build(args) -> int:
     from reid_sdk.gallery import Gallery
 
     with _open_engine(args) as engine:
-        result = _embed_dirs(engine, args.dirs, args.camera, args.progress)
+        result = _embed(engine, _scan(args.dirs), args.camera, args.progress)
         spec = engine.spec
     gallery = Gallery(spec.embedding_dim, spec.metric)
     meta = [{"path": str(t.path), "pid": int(t.pid), "frames": len(t.frames)}
@@ -228,10 +237,18 @@ def cmd_eval(args) -> int:
     from reid_sdk.metrics import cmc_summary, distance_matrix, evaluate, rank_lists
     from reid_sdk.visualize import rank_list_picture
 
+    scanned = {"query": _scan([args.query]), "gallery": _scan([args.gallery])}
+    for name, tracklets in scanned.items():
+        unknown = [t.path for t in tracklets
+                   if t.pid is None or (t.camid is None and args.camera is None)]
+        if unknown:
+            raise InputError(f"{unknown[0]} ({len(unknown)} {name} tracklets in all) has no "
+                             "identity or camera: evaluation needs both, from tracklet.json or "
+                             "a <pid>C<cam>T<n> folder name")
     with _open_engine(args) as engine:
         metric = engine.spec.metric
-        query = _embed_dirs(engine, [args.query], args.camera, args.progress)
-        gallery = _embed_dirs(engine, [args.gallery], args.camera, args.progress)
+        query = _embed(engine, scanned["query"], args.camera, args.progress)
+        gallery = _embed(engine, scanned["gallery"], args.camera, args.progress)
     distmat = distance_matrix(query["embeddings"], gallery["embeddings"], metric)
     result = evaluate(distmat, query["pids"], gallery["pids"], query["camids"],
                       gallery["camids"], max_rank=args.max_rank)
