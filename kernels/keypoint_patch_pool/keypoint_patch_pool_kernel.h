@@ -1,0 +1,29 @@
+// KeypointPatchPool kernel: host launcher template behind the C ABI launchers
+// reid_keypoint_patch_pool_f32/_f16/_bf16 of reid_kernels.h. See kernels/keypoint_patch_pool/
+// README.md for the chain, the algorithm and the limits.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "reid_kernels.h"
+
+namespace reid {
+
+// Threads per block: one block per (clip, part) loops over the clip's frames.
+constexpr int kKppBlockThreads = 256;
+// Largest crop side (height or width) of a valid frame and largest out_h / out_w: keeps every
+// bilinear source-index product (2o + 1) * in in int32. A valid frame outside [1, 32768] gives
+// NaN weights (the reference raises).
+constexpr int kKppMaxSide = 32768;
+// Most patches K = (out_h / patch) * (out_w / patch): three K-long arrays live in shared memory.
+constexpr int kKppMaxPatches = 2048;
+
+// Enqueues weights[B, P, K] = KeypointPatchPool(keypoints, crop_hw, frame_valid) for storage type
+// T (float, __half, __nv_bfloat16) on `stream`. Validates `desc` (returns REID_ERROR_* codes),
+// launches nothing for B = 0, never allocates or synchronises. Returns 0 or a cudaError_t value.
+template <typename T>
+int launch_keypoint_patch_pool(const reid_keypoint_patch_pool_desc* desc, const void* keypoints,
+                               const int32_t* crop_hw, const uint8_t* frame_valid, void* out,
+                               cudaStream_t stream);
+
+}  // namespace reid
