@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
+import onnxscript.optimizer
 import torch
 
 import reid_export
@@ -31,6 +33,7 @@ from reid_export.ops import _onnx as reid_onnx
 from reid_sdk.spec import METADATA_KEY, SPEC_VERSION, EngineSpec
 
 TWO_GIB = 2**31
+FOLD_LIMIT = 2**40  # elements: fold every constant computation, whatever its size
 INPUT_FRAMES = "frames"
 OUTPUT_EMBEDDING = "embedding"
 
@@ -118,6 +121,11 @@ def export_onnx(model: torch.nn.Module, out_path, *, opset: int | None = None,
                 dynamic_shapes=dynamic_shapes,
                 custom_translation_table=reid_onnx.translation_table(),
                 optimize=True, verbose=verbose, report=False)
+        # The exporter's optimizer leaves computations on large initializers (e.g. a reshaped
+        # patch-embedding weight) unfolded; fold those too, so engines start from constants.
+        onnxscript.optimizer.fold_constants(program.model, input_size_limit=FOLD_LIMIT,
+                                            output_size_limit=FOLD_LIMIT)
+        onnx_ir.passes.common.RemoveUnusedNodesPass()(program.model)
         weights_bytes = sum(int(np.prod(t.shape)) * t.element_size()
                             for t in list(model.parameters()) + list(model.buffers()))
         program.save(str(tmp_model), external_data=weights_bytes >= TWO_GIB)
