@@ -12,6 +12,19 @@ optional keypoints.json and tracklet.json), or any folder above such folders. Id
 camera come from tracklet.json or the folder name ``<pid>C<cam>T<n>``; ``--camera`` overrides
 the camera for every tracklet. Keypoints are read for engines that take them (KeyRe-ID).
 
+What the commands write:
+
+* ``embed``: an .npz with ``ids`` (tracklet folder names), ``paths``, ``pids``, ``camids``
+  (int64, -1 where the layout gives none; pid -1 also marks distractors), ``embeddings``
+  float32 [N, D], ``metric`` (the engine spec's) and ``format``.
+* ``gallery build``: a gallery file (:mod:`reid_sdk.gallery`), ids = tracklet folder names,
+  cameras from the layout, meta = path, pid and frame count of each tracklet.
+* ``eval``: ranks the gallery by the engine spec's metric: for "cosine" the negated cosine
+  similarity, which ranks as HAMoBE's official Euclidean distance between L2-normalised
+  features does (d^2 = 2 - 2 cos, up to rounding); "squared_euclidean" for KeyRe-ID as its official test
+  (MODELS.md 1.7, 2.6); one camera per tracklet. Standard protocol (:mod:`reid_sdk.metrics`);
+  writes ``rank_list.png`` and ``metrics.json`` into ``--out-dir``.
+
 Errors of the SDK print one line and exit with status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
