@@ -66,6 +66,12 @@ def _preview(values: Iterable, limit: int = 5) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
+def _positive_int(value, name: str, what: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer{what}, got {value!r}")
+    return int(value)
+
+
 class _HashingWriter:
     """A write-only file object that hashes what passes through it."""
 
@@ -100,17 +106,12 @@ class Gallery:
 
     def __init__(self, dim: int, metric: str = "cosine", *,
                  chunk_size: int = _ranking.DEFAULT_CHUNK_SIZE):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InputError(f"dim must be a positive integer (the embedding size), got {dim!r}")
+        self._dim = _positive_int(dim, "dim", " (the embedding size)")
         if metric not in DISTANCE_METRICS:
             raise InputError(f"metric {metric!r} is not one of {DISTANCE_METRICS}; use the "
                              "engine's spec.metric")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-                or chunk_size < 1:
-            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        self._dim = int(dim)
         self._metric = metric
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = _positive_int(chunk_size, "chunk_size")
         self._count = 0
         self._embeddings = np.empty((0, self._dim), dtype=np.float32)
         self._sq_norms = np.empty(0, dtype=np.float32)
@@ -332,12 +333,11 @@ class Gallery:
         size, every item is returned and nothing is padded. Best first: cosine similarity
         descending, or distance ascending; equal scores in gallery (insertion) order.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+        k = _positive_int(k, "k")
         vectors = self._validate_embeddings(queries, "queries")
         vectors, _ = self._prepare(vectors, "queries")
         positions, scores = _ranking.topk_search(
-            vectors, self._embeddings[:self._count], int(k), self._metric,
+            vectors, self._embeddings[:self._count], k, self._metric,
             self._sq_norms[:self._count], chunk_size=self.chunk_size)
         ids = self._ids[:self._count] if self._ids is not None else np.empty(0, np.int64)
         return ids[positions], scores
