@@ -339,6 +339,14 @@ def test_onnx_function_in_half_precision_and_empty_batch(rng):
     assert empty.shape == (0, 6, 128)
 
 
+def test_onnx_shape_inference_gives_parts_and_patches():
+    model = _single_node_model(18, parts=((0, 1), (5,), (7, 9)), out_hw=(64, 32), patch=8)
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["B", 3, 32]
+
+
 def test_onnx_function_needs_opset_17():
     with pytest.raises(ValueError, match="opset >= 17"):
         build_function(16)

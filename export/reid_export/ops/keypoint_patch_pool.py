@@ -505,6 +505,34 @@ _SCHEMA = onnx.defs.OpSchema(
 )
 
 
+def _infer_output_type(ctx) -> None:
+    """weights: keypoints' element type, shape [B, P, K] from the input and the attributes."""
+    def attribute(name):
+        proto = ctx.get_attribute(name)
+        return helper.get_attribute_value(proto if proto is not None
+                                          else _DEFAULT_ATTRIBUTES[name])
+
+    keypoints_type = ctx.get_input_type(0)
+    if keypoints_type is None or not keypoints_type.HasField("tensor_type"):
+        return
+    out_h, out_w = attribute("out_hw")
+    patch = attribute("patch")
+    batch = None
+    if keypoints_type.tensor_type.HasField("shape") and keypoints_type.tensor_type.shape.dim:
+        batch = keypoints_type.tensor_type.shape.dim[0]
+    output = helper.make_tensor_type_proto(keypoints_type.tensor_type.elem_type, None)
+    dims = output.tensor_type.shape.dim
+    batch_dim = dims.add()
+    if batch is not None:
+        batch_dim.CopyFrom(batch)
+    dims.add().dim_value = list(attribute("parts")).count(-1) + 1
+    dims.add().dim_value = (out_h // patch) * (out_w // patch)
+    ctx.set_output_type(0, output)
+
+
+_SCHEMA.set_type_and_shape_inference_function(_infer_output_type)
+
+
 def _translate(keypoints, crop_hw, frame_valid, parts, out_hw, patch, vis_thresh, mode):
     import onnxscript
 
