@@ -212,6 +212,10 @@ def cue_distance(signatures_a: np.ndarray, signature_b: np.ndarray) -> np.ndarra
     return np.sqrt(np.mean((signatures_a - signature_b) ** 2, axis=-1))
 
 
+#: Consecutive rejected draws after which the request is taken to be impossible.
+MAX_CONSECUTIVE_REJECTIONS = 2000
+
+
 def sample_identities(rng, config, count: int, avoid: list | None = None) -> list:
     """`count` identities, none a near-duplicate of another or of `avoid` (a list of
     (identity, signature) pairs): every pair is at least `min_identity_distance` apart in body
@@ -219,27 +223,36 @@ def sample_identities(rng, config, count: int, avoid: list | None = None) -> lis
     first outfits are the same. Identity k depends only on the draws before it, so a larger
     count keeps the first identities unchanged.
 
-    Returns a list of (Identity, signature) pairs.
+    Returns a list of (Identity, signature) pairs; raises ValueError when the limit cannot be met.
     """
-    chosen = []
-    others = list(avoid or [])
     limit = config.min_identity_distance
-    attempts = 0
+    pool = list(avoid or [])
+    capacity = len(pool) + count
+    body_signatures = np.zeros((capacity, len(BODY_RANGES) + 2))
+    gait_signatures = np.zeros((capacity, len(GAIT_RANGES)))
+    outfit_codes = [identity.outfits[0].code for identity, _ in pool]
+    for row, (_, (body, gait)) in enumerate(pool):
+        body_signatures[row], gait_signatures[row] = body, gait
+    filled = len(pool)
+    chosen = []
+    rejected = 0
     while len(chosen) < count:
-        attempts += 1
-        if attempts > 200 * (count + 10):
-            raise ValueError(
-                f"could not draw {count} identities at least {limit} apart; lower "
-                "min_identity_distance or ask for fewer identities")
         identity, signature = _sample_one(rng, config)
-        pool = others + chosen
-        if pool:
-            body = cue_distance(np.stack([s[0] for _, s in pool]), signature[0])
-            gait = cue_distance(np.stack([s[1] for _, s in pool]), signature[1])
-            same_outfit = np.array([other.outfits[0].code == identity.outfits[0].code
-                                    for other, _ in pool])
-            needed = np.where(same_outfit, 2 * limit, limit)
+        if filled:
+            body = cue_distance(body_signatures[:filled], signature[0])
+            gait = cue_distance(gait_signatures[:filled], signature[1])
+            code = identity.outfits[0].code
+            needed = np.where([other == code for other in outfit_codes], 2 * limit, limit)
             if np.any((body < needed) | (gait < needed)):
+                rejected += 1
+                if rejected > MAX_CONSECUTIVE_REJECTIONS:
+                    raise ValueError(
+                        f"could not draw {count} identities at least {limit} apart (stuck after "
+                        f"{len(chosen)}); lower min_identity_distance or ask for fewer identities")
                 continue
+        rejected = 0
+        body_signatures[filled], gait_signatures[filled] = signature
+        outfit_codes.append(identity.outfits[0].code)
+        filled += 1
         chosen.append((identity, signature))
     return chosen
