@@ -2,6 +2,7 @@
 scale range, dominant walking direction, elevation, blur, sensor noise and occlusion rate."""
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,6 +47,14 @@ class Camera:
     occlusion_factor: float           # multiplies config.occlusion_rate
     background: np.ndarray = field(repr=False)
     noise_tile: np.ndarray = field(repr=False)
+
+    @cached_property
+    def background_image(self) -> Image.Image:
+        return Image.fromarray(self.background)
+
+    @cached_property
+    def noise_image(self) -> Image.Image:
+        return Image.fromarray(self.noise_tile)
 
     def tone_lut(self, extra_gain: float = 1.0) -> np.ndarray:
         """[3, 256] uint8: the camera's response per channel (gain, cast, gamma)."""

@@ -302,10 +302,8 @@ def _palettes(body, outfit, camera_lut, far_left_shade, far_right_shade, occlude
     shade[[L_UPPER_ARM, L_FOREARM, L_HAND, L_THIGH, L_SHIN, L_FOOT]] = far_left_shade
     shade[[R_UPPER_ARM, R_FOREARM, R_HAND, R_THIGH, R_SHIN, R_FOOT]] = far_right_shade
     primary, secondary = primary * shade, secondary * shade
-    rgb = np.clip(np.round(np.concatenate([primary, secondary])), 0, 255).astype(np.intp)
-    toned = np.stack([camera_lut[c][rgb[:, c]] for c in range(3)], axis=-1).astype(np.uint32)
-    packed = toned[:, 0] | (toned[:, 1] << 8) | (toned[:, 2] << 16)
-    return packed, flags
+    rgb = np.clip(np.round(np.concatenate([primary, secondary])), 0, 255).astype(np.uint8)
+    return pack_rgb(camera_lut, rgb), flags
 
 
 def _pattern_field(pattern, period_px, split_px, height, width, bit):
@@ -332,19 +330,25 @@ def _background_region(camera, scale, box, lut):
     in scaled pixels, toned by `lut`: [y1-y0, x1-x0] packed RGBX uint32. Parts outside the scene
     repeat its edge."""
     x0, y0, x1, y1 = box
-    source = Image.fromarray(camera.background)
+    source = camera.background_image
     # Clip the box to the scene, resample, then pad back to the full box with the edge pixels.
     cx0, cy0 = max(x0, 0), max(y0, 0)
     cx1 = min(x1, int(BACKGROUND_WIDTH * scale))
     cy1 = min(y1, int(BACKGROUND_HEIGHT * scale))
     region = source.resize((cx1 - cx0, cy1 - cy0), Image.BILINEAR,
                            box=(cx0 / scale, cy0 / scale, cx1 / scale, cy1 / scale))
-    region = region.point(lut.reshape(-1).tolist())
     pixels = np.asarray(region)
     if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
         pixels = np.pad(pixels, ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode="edge")
-    packed = pixels.astype(np.uint32)
-    return packed[..., 0] | (packed[..., 1] << 8) | (packed[..., 2] << 16)
+    return pack_rgb(lut, pixels)
+
+
+def pack_rgb(lut, rgb):
+    """Apply a per-channel `lut` [3, 256] to uint8 `rgb` [..., 3] and pack each pixel into one
+    uint32 (R | G << 8 | B << 16; the layout Pillow's "RGBX" raw mode reads)."""
+    shifted = lut.astype(np.uint32) << (np.arange(3, dtype=np.uint32) * 8)[:, None]
+    return (np.take(shifted[0], rgb[..., 0]) | np.take(shifted[1], rgb[..., 1])
+            | np.take(shifted[2], rgb[..., 2]))
 
 
 def _occluder_primitives(rng, kind, person_x, ground, scale, num_frames):
@@ -414,10 +418,10 @@ def render_tracklet(identity, outfit_index: int, camera, num_frames: int, config
         ox = origin_x.reshape((-1,) + (1,) * (points.ndim - 2))
         return np.stack([ox + points[..., 0] * scale[..., 0], ground - points[..., 1] * scale[..., 0]], axis=-1)
 
-    cap_a = np.stack([to_pixels(a, walk_x) for _, a, _, _, _ in prims.capsules], axis=1)
-    cap_b = np.stack([to_pixels(b, walk_x) for _, _, b, _, _ in prims.capsules], axis=1)
-    cap_r = np.stack([np.broadcast_to(r, (num_frames,)) * person_px for _, _, _, r, _ in prims.capsules], axis=1)
-    polygons = np.stack([to_pixels(q, walk_x) for _, q, _ in prims.polygons], axis=1)
+    cap_a = to_pixels(np.stack([a for _, a, _, _, _ in prims.capsules], axis=1), walk_x)
+    cap_b = to_pixels(np.stack([b for _, _, b, _, _ in prims.capsules], axis=1), walk_x)
+    cap_r = np.array([np.broadcast_to(r, (num_frames,)) for _, _, _, r, _ in prims.capsules]).T * person_px[:, None]
+    polygons = to_pixels(np.stack([q for _, q, _ in prims.polygons], axis=1), walk_x)
     joints = to_pixels(xy_view[:, :sk.NUM_JOINTS], walk_x)
 
     # Detector box: around the person's extent, jittered, aspect ~ crop_aspect.
@@ -525,12 +529,13 @@ def render_tracklet(identity, outfit_index: int, camera, num_frames: int, config
 
     box = (int(left.min()), int(top.min()), int((left + widths).max()), int((top + heights).max()))
     background = _background_region(camera, bg_scale, box, lut)
-    noise_tile = Image.fromarray(camera.noise_tile)
+    noise_tile = camera.noise_image
     noise_room = (camera.noise_tile.shape[1] - max_w, camera.noise_tile.shape[0] - max_h)
     shadow_half = (0.22 + 0.1 * abs(math.cos(math.radians(direction)))) * person_px, 0.035 * person_px
     foot_centre = 0.5 * (joints[:, sk.L_ANKLE] + joints[:, sk.R_ANKLE])
     shadow_y = ground - top
 
+    patterned = bool(pattern_flags.any())
     capsule_polygons = _capsule_polygons(cap_a, cap_b, cap_r)
     frames, label_images = [], []
     blur_filter = ImageFilter.BoxBlur(blur_radius) if max(blur_radius) >= 0.3 else None
@@ -545,15 +550,22 @@ def render_tracklet(identity, outfit_index: int, camera, num_frames: int, config
         for index in order[t]:
             draw.polygon(outlines[index], fill=int(labels[index]))
         label_map = np.asarray(label_image)
-        field_y, field_x = _anchor(neck_px[t], h, w, max_h, max_w)
-        pattern = upper_field[field_y:field_y + h, field_x:field_x + w]
-        field_y, field_x = _anchor(pelvis_px[t], h, w, max_h, max_w)
-        pattern = pattern | lower_field[field_y:field_y + h, field_x:field_x + w]
-        use_pattern = (np.take(pattern_flags, label_map) & pattern) != 0
-        figure = np.take(palette, (use_pattern.astype(np.uint16) << 8) | label_map)
+        if patterned:
+            field_y, field_x = _anchor(neck_px[t], h, w, max_h, max_w)
+            pattern = upper_field[field_y:field_y + h, field_x:field_x + w]
+            field_y, field_x = _anchor(pelvis_px[t], h, w, max_h, max_w)
+            pattern = pattern | lower_field[field_y:field_y + h, field_x:field_x + w]
+            use_pattern = (np.take(pattern_flags, label_map) & pattern) != 0
+            pixels = np.take(palette, (use_pattern.astype(np.uint16) << 8) | label_map)
+        else:
+            pixels = np.take(palette, label_map)
         scene = background[top[t] - box[1]:top[t] - box[1] + h, left[t] - box[0]:left[t] - box[0] + w]
-        shaded = ((scene >> 1) & np.uint32(0x7F7F7F)) + ((scene >> 3) & np.uint32(0x1F1F1F))
-        pixels = np.where(label_map == BACKGROUND, scene, np.where(label_map == SHADOW, shaded, figure))
+        np.copyto(pixels, scene, where=label_map == BACKGROUND)
+        # The shadow darkens the scene to 5/8; it only spans a few rows.
+        rows = slice(max(0, int(shadow_y[t] - sy)), max(0, int(shadow_y[t] + sy) + 2))
+        under = scene[rows]
+        np.copyto(pixels[rows], ((under >> 1) & np.uint32(0x7F7F7F)) + ((under >> 3) & np.uint32(0x1F1F1F)),
+                  where=label_map[rows] == SHADOW)
         image = Image.frombytes("RGB", (w, h), pixels.tobytes(), "raw", "RGBX")
         if blur_filter is not None:
             image = image.filter(blur_filter)

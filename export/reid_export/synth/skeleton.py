@@ -38,9 +38,12 @@ class Pose:
 
 
 def _vec(forward, up, left):
-    """Stack per-frame components (each [T] or scalar) into [T, 3] body-local vectors."""
-    forward, up, left = np.broadcast_arrays(forward, up, left)
-    return np.stack([forward, up, left], axis=-1)
+    """Stack per-frame components (each [T] or scalar, at least one [T]) into [T, 3] body-local
+    vectors."""
+    length = max(np.size(forward), np.size(up), np.size(left))
+    out = np.empty((length, 3))
+    out[:, 0], out[:, 1], out[:, 2] = forward, up, left
+    return out
 
 
 def _leg(body, swing, knee, hip):
