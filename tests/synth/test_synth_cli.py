@@ -3,6 +3,7 @@ refuses bad arguments with a message."""
 import json
 
 import pytest
+from PIL import Image
 
 from reid_export.synth.cli import main
 from reid_sdk.layout import scan
@@ -45,3 +46,14 @@ def test_cli_refuses_foreign_folders(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main([str(tmp_path), "--preset", "tiny", "--quiet"]) == 1
     assert "not a synthetic benchmark" in capsys.readouterr().err
+
+
+def test_cli_writes_the_docs_pictures(tmp_path):
+    pictures = tmp_path / "pictures"
+    assert main([str(tmp_path / "b"), "--preset", "tiny", "--quiet", "--pictures", str(pictures)]) == 0
+    names = sorted(p.name for p in pictures.iterdir())
+    assert names == ["synth_contact_sheet.png", "synth_keypoints.png", "synth_part_labels.png"]
+    for path in pictures.iterdir():
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 150 and image.height >= 100
+        assert path.stat().st_size < 300_000

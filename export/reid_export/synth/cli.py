@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="render processes (default: all CPUs; the output does not depend on it)")
     parser.add_argument("--no-reuse", action="store_true", help="regenerate even if complete")
-    parser.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of sample tracklets")
+    parser.add_argument("--pictures", metavar="DIR",
+                        help="also write sample pictures (contact sheet, keypoints, part labels) here")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
@@ -61,10 +62,11 @@ def main(argv=None) -> int:
     except FileExistsError as error:
         print(f"reid-export synth: {error}", file=sys.stderr)
         return 1
-    if args.sheet:
-        from reid_export.synth.sheet import contact_sheet
+    if args.pictures:
+        from reid_export.synth.sheet import write_pictures
         from reid_export.synth.writer import build_world
 
-        contact_sheet(build_world(config, args.seed), args.sheet)
+        for path in write_pictures(build_world(config, args.seed), args.pictures):
+            print(path, file=sys.stderr)
     print(root)
     return 0

@@ -1,10 +1,12 @@
-"""Contact sheets of the benchmark for the docs: per test identity its query tracklet, a
-same-clothes gallery tracklet and a clothes-changing gallery tracklet (other cameras), a few
-frames each, optionally with the keypoints drawn on."""
+"""Pictures of the benchmark for the docs: contact sheets (per test identity its query, a
+same-clothes and a clothes-changing gallery tracklet, from different cameras), the same with
+keypoints drawn on, and the debug part-label images the keypoint tests check against."""
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from reid_export.synth import render as rd
 from reid_export.synth.render import SELF_OCCLUDED_CONFIDENCE, VISIBLE_CONFIDENCE
 
 #: COCO-17 skeleton edges.
@@ -73,7 +75,56 @@ def contact_sheet(world, path, num_identities: int = 6, frames_per_tracklet: int
                 sheet.paste(image, (column * group_width + slot * cw, HEADER + row * (ch + 2)))
             draw.text((column * group_width + 2, HEADER + row * (ch + 2) + 1), f"c{job.camid + 1}",
                       fill=(255, 255, 0))
+    return _save(sheet, path)
+
+
+def _save(image, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
     return path
+
+
+def _label_colours():
+    """[256, 3] uint8 false colours: person's left parts reddish, right parts bluish."""
+    colours = np.zeros((256, 3), np.uint8)
+    named = {rd.HEAD: (250, 210, 170), rd.HAIR: (90, 60, 30), rd.NECK: (230, 180, 140),
+             rd.TORSO: (240, 240, 80), rd.L_UPPER_ARM: (250, 80, 80), rd.L_FOREARM: (200, 40, 40),
+             rd.L_HAND: (140, 20, 20), rd.R_UPPER_ARM: (80, 120, 250), rd.R_FOREARM: (40, 70, 200),
+             rd.R_HAND: (20, 30, 140), rd.L_THIGH: (250, 150, 60), rd.L_SHIN: (210, 110, 30),
+             rd.L_FOOT: (150, 70, 10), rd.R_THIGH: (80, 220, 220), rd.R_SHIN: (40, 170, 170),
+             rd.R_FOOT: (10, 110, 110), rd.SKIRT: (200, 120, 220), rd.HAT: (120, 255, 120),
+             rd.BAG: (160, 160, 160), rd.STRAP: (210, 210, 210), rd.BACKPACK: (110, 110, 110),
+             rd.LOGO: (255, 255, 255), rd.SHADOW: (40, 40, 40), rd.OCCLUDER: (255, 0, 255),
+             rd.PASSER: (180, 0, 180)}
+    for label, colour in named.items():
+        colours[label] = colour
+    return colours
+
+
+def part_label_sheet(world, path, num_tracklets: int = 4, cell=(96, 192)) -> Path:
+    """Write a PNG with one row per query tracklet (first frame): the frame, its debug
+    part-label image (false colours, left parts red, right parts blue) and the keypoints."""
+    jobs = [job for job in world.jobs if job.role == "query"][:num_tracklets]
+    if not jobs:
+        raise ValueError("the benchmark has no query tracklets to show; use num_test_ids >= 1")
+    colours = _label_colours()
+    sheet = Image.new("RGB", (3 * cell[0], len(jobs) * cell[1]), BACKDROP)
+    for row, job in enumerate(jobs):
+        tracklet = world.render(job, debug=True)
+        frame = tracklet.frames[0]
+        labels = Image.fromarray(colours[tracklet.debug["labels"][0]])
+        with_points, scale, offset = _fit(frame, cell)
+        _draw_keypoints(with_points, tracklet.keypoints[0], scale, offset)
+        for column, image in enumerate((_fit(frame, cell)[0], _fit(labels, cell)[0], with_points)):
+            sheet.paste(image, (column * cell[0], row * cell[1]))
+    return _save(sheet, path)
+
+
+def write_pictures(world, folder) -> list:
+    """The docs pictures: synth_contact_sheet.png, synth_keypoints.png, synth_part_labels.png."""
+    folder = Path(folder)
+    return [contact_sheet(world, folder / "synth_contact_sheet.png"),
+            contact_sheet(world, folder / "synth_keypoints.png", num_identities=4, cell=(96, 192),
+                          keypoints=True),
+            part_label_sheet(world, folder / "synth_part_labels.png")]
