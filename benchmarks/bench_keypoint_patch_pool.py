@@ -72,10 +72,12 @@ def run(batch: int = 64, frames: int = 4, modes=("paper", "max"),
     for dtype in dtypes:
         inputs = make_inputs(batch, frames, seed, dtype=dtype)
         for mode in modes:
-            kernel_ms = _median_ms(lambda: keypoint_patch_pool_op(*inputs, mode=mode), reps,
-                                   warmup)
-            reference_ms = _median_ms(lambda: keypoint_patch_pool(*inputs, mode=mode),
-                                      max(3, reps // 4), 1)
+            kernel_ms = _median_ms(
+                lambda inputs=inputs, mode=mode: keypoint_patch_pool_op(*inputs, mode=mode),
+                reps, warmup)
+            reference_ms = _median_ms(
+                lambda inputs=inputs, mode=mode: keypoint_patch_pool(*inputs, mode=mode),
+                max(3, reps // 4), 1)
             ours = keypoint_patch_pool_op(*inputs, mode=mode).double()
             truth = keypoint_patch_pool(inputs[0].double(), *inputs[1:], mode=mode)
             rows.append(dict(

@@ -137,182 +137,218 @@ __device__ __forceinline__ uint64_t patch_joints(int k, const reid_keypoint_patc
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(kFullMask, v, offset);
+    }
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-    return v;
-}
-
-__device__ __forceinline__ float warp_min(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-        v = fminf(v, __shfl_xor_sync(kFullMask, v, offset));
-    return v;
+template <bool kMax>
+__device__ __forceinline__ float extreme(float a, float b) {
+    return kMax ? fmaxf(a, b) : fminf(a, b);
 }
 
 // Block-wide max (or min); every thread gets the result. Contains two barriers.
 template <bool kMax>
 __device__ __forceinline__ float block_extreme(float v, float* scratch) {
-    v = kMax ? warp_max(v) : warp_min(v);
-    const int warp = threadIdx.x / kWarpSize;
-    if (threadIdx.x % kWarpSize == 0) scratch[warp] = v;
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        v = extreme<kMax>(v, __shfl_xor_sync(kFullMask, v, offset));
+    }
+    if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
     __syncthreads();
     float result = scratch[0];
-    for (int w = 1; w < kWarps; ++w) result = kMax ? fmaxf(result, scratch[w]) : fminf(result, scratch[w]);
+    for (int w = 1; w < kWarps; ++w) result = extreme<kMax>(result, scratch[w]);
     __syncthreads();
     return result;
 }
 
+// Block-shared state of one (clip, part) block besides the K-long arrays.
+struct KppShared {
+    KppJoint joints[REID_KPP_MAX_PART_JOINTS];
+    KppFrame frame;
+    unsigned drawn_bits[2];
+    int num_active;
+    float scratch[kWarps];
+};
+
+// Thread 0: frame t of `clip` (validity, crop size, radius, state).
+__device__ KppFrame read_frame(const reid_keypoint_patch_pool_desc& desc, const int32_t* crop_hw,
+                               const uint8_t* frame_valid, int64_t clip, int64_t t) {
+    const bool valid =
+        frame_valid[clip * desc.frame_valid_strides[0] + t * desc.frame_valid_strides[1]] != 0;
+    const int32_t* size = crop_hw + clip * desc.crop_hw_strides[0] + t * desc.crop_hw_strides[1];
+    KppFrame frame;
+    frame.height = size[0];
+    frame.width = size[desc.crop_hw_strides[2]];
+    const bool sane = frame.height >= 1 && frame.height <= kKppMaxSide && frame.width >= 1 &&
+                      frame.width <= kKppMaxSide;
+    frame.state = !valid                                 ? kFrameSkipped
+                  : !sane                                ? kFramePoisoned
+                  : desc.mode == REID_KPP_MODE_CONSTANT ? kFrameConstant
+                                                         : kFrameDrawn;
+    frame.radius = sane ? frame.width / 11 : 0;  // int(w / 11)
+    const float window = static_cast<float>(2 * frame.radius + 1);
+    frame.exp2_scale = -8.f * kLog2e / (window * window);  // std = window / 4
+    return frame;
+}
+
+// Step 1: one thread per slot of the part loads its joint; returns the mask of drawn slots.
+// Contains one barrier.
+template <typename T>
+__device__ uint64_t load_joints(const reid_keypoint_patch_pool_desc& desc, const T* keypoints,
+                                int64_t clip, int64_t t, int first_slot, int num_slots,
+                                const KppFrame& frame, KppShared& sh) {
+    bool drawn = false;
+    if (threadIdx.x < num_slots) {
+        const int joint = desc.part_joints[first_slot + threadIdx.x];
+        const T* kp = keypoints + clip * desc.keypoints_strides[0] +
+                      t * desc.keypoints_strides[1] + joint * desc.keypoints_strides[2];
+        const float x = truncf(to_float(kp[0]));  // Python int(): toward zero
+        const float y = truncf(to_float(kp[desc.keypoints_strides[3]]));
+        const float confidence = to_float(kp[2 * desc.keypoints_strides[3]]);
+        const float r = static_cast<float>(frame.radius);
+        // Comparisons are false for NaN: a NaN coordinate or confidence is not drawn.
+        drawn = confidence > desc.vis_thresh && x + r >= 0.f &&
+                x - r <= static_cast<float>(frame.width - 1) && y + r >= 0.f &&
+                y - r <= static_cast<float>(frame.height - 1);
+        sh.joints[threadIdx.x] =
+            KppJoint{drawn ? static_cast<int>(x) : 0, drawn ? static_cast<int>(y) : 0};
+    }
+    const int warp = threadIdx.x / kWarpSize;
+    if (warp < 2) {  // slots 0..63
+        const unsigned bits = __ballot_sync(kFullMask, drawn);
+        if (threadIdx.x % kWarpSize == 0) sh.drawn_bits[warp] = bits;
+    }
+    __syncthreads();
+    return (static_cast<uint64_t>(sh.drawn_bits[1]) << 32) | sh.drawn_bits[0];
+}
+
+// Step 2: the part's maximum over the crop. Contains barriers.
+__device__ float part_maximum(uint64_t drawn, int num_slots, const KppFrame& frame, bool paper,
+                              KppShared& sh) {
+    float nearest_value = 0.f;
+    if (threadIdx.x < num_slots && ((drawn >> threadIdx.x) & 1)) {
+        const KppJoint joint = sh.joints[threadIdx.x];
+        nearest_value = heat_at(min(max(joint.y, 0), frame.height - 1),
+                                min(max(joint.x, 0), frame.width - 1), sh.joints, drawn, frame,
+                                paper);
+    }
+    const float best_nearest = block_extreme<true>(nearest_value, sh.scratch);
+    if (!paper) return best_nearest;
+    // Pixels above best_nearest lie within rho of a centre: exp2(s rho^2) = best_nearest.
+    const float rho2 = fmaxf(log2f(best_nearest) / frame.exp2_scale, 0.f);
+    const int half = min(frame.radius, static_cast<int>(ceilf(sqrtf(rho2))) + 1);
+    float scanned = 0.f;
+    for (uint64_t mask = drawn; mask; mask &= mask - 1) {
+        const KppJoint joint = sh.joints[__ffsll(static_cast<long long>(mask)) - 1];
+        const int y0 = max(joint.y - half, 0);
+        const int y1 = min(joint.y + half, frame.height - 1);
+        const int x0 = max(joint.x - half, 0);
+        const int x1 = min(joint.x + half, frame.width - 1);
+        if (y1 < y0 || x1 < x0) continue;
+        const int box_w = x1 - x0 + 1;
+        const int box_area = box_w * (y1 - y0 + 1);
+        for (int i = threadIdx.x; i < box_area; i += blockDim.x) {
+            const float heat = heat_at(y0 + i / box_w, x0 + i % box_w, sh.joints, drawn, frame,
+                                       paper);
+            scanned = fmaxf(scanned, heat);
+        }
+    }
+    return fmaxf(best_nearest, block_extreme<true>(scanned, sh.scratch));
+}
+
+// Steps 3 and 4: adds this frame's patch values to frame_total. Contains barriers.
+__device__ void add_patch_values(const reid_keypoint_patch_pool_desc& desc, uint64_t drawn,
+                                 float part_max, const KppFrame& frame, bool paper,
+                                 float* patch_sum, float* frame_total, int* active,
+                                 KppShared& sh) {
+    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
+        if (patch_joints(k, desc, sh.joints, drawn, frame)) {
+            active[atomicAdd(&sh.num_active, 1)] = k;  // list order does not affect results
+        } else {
+            patch_sum[k] = 0.f;
+        }
+    }
+    __syncthreads();
+    const int grid_w = desc.out_w / desc.patch;
+    const int patch_area = desc.patch * desc.patch;
+    const int lane = threadIdx.x % kWarpSize;
+    float low = FLT_MAX, high = 0.f;
+    for (int a = threadIdx.x / kWarpSize; a < sh.num_active; a += kWarps) {
+        const int k = active[a];
+        const uint64_t relevant = patch_joints(k, desc, sh.joints, drawn, frame);
+        const int row = (k / grid_w) * desc.patch;
+        const int col = (k % grid_w) * desc.patch;
+        float sum = 0.f;
+        for (int i = lane; i < patch_area; i += kWarpSize) {
+            const float v = resized_at(row + i / desc.patch, col + i % desc.patch, desc.out_h,
+                                       desc.out_w, sh.joints, relevant, frame, paper);
+            sum += v;
+            low = fminf(low, v);
+            high = fmaxf(high, v);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) patch_sum[k] = sum;
+    }
+    low = block_extreme<false>(low, sh.scratch);
+    high = block_extreme<true>(high, sh.scratch);
+    if (sh.num_active < num_patches) low = fminf(low, 0.f);  // untouched patches are all 0
+    // min-max, (x - 0.5) / 0.5 and the patch mean are affine: fold them into one scale.
+    const float scale = 2.f / (high - low + kMinMaxEps * part_max);
+    const float inv_area = 1.f / static_cast<float>(patch_area);
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
+        frame_total[k] += (patch_sum[k] * inv_area - low) * scale - 1.f;
+    }
+}
+
+__device__ __forceinline__ void add_constant(float* frame_total, int num_patches, float value) {
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] += value;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kKppBlockThreads)
-keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc, const T* __restrict__ keypoints,
-                           const int32_t* __restrict__ crop_hw,
+keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
+                           const T* __restrict__ keypoints, const int32_t* __restrict__ crop_hw,
                            const uint8_t* __restrict__ frame_valid, T* __restrict__ out) {
     extern __shared__ float shared[];
     const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
-    float* patch_sum = shared;                     // [K] this frame's sums of resized values
-    float* frame_total = shared + num_patches;     // [K] sum over frames of the patch values
+    float* patch_sum = shared;                  // [K] this frame's sums of resized values
+    float* frame_total = shared + num_patches;  // [K] sum over frames of the patch values
     int* active = reinterpret_cast<int*>(shared + 2 * num_patches);  // [K] patches to evaluate
-    __shared__ KppJoint joints[REID_KPP_MAX_PART_JOINTS];
-    __shared__ KppFrame frame_shared;
-    __shared__ unsigned drawn_bits[2];
-    __shared__ int num_active;
-    __shared__ float scratch[kWarps];
+    __shared__ KppShared sh;
 
     const int part = static_cast<int>(blockIdx.x % desc.num_parts);
     const int64_t clip = blockIdx.x / desc.num_parts;
     const int first_slot = desc.part_offsets[part];
     const int num_slots = desc.part_offsets[part + 1] - first_slot;
     const bool paper = desc.mode == REID_KPP_MODE_PAPER;
-    const int patch_area = desc.patch * desc.patch;
-    const int lane = threadIdx.x % kWarpSize;
-    const int warp = threadIdx.x / kWarpSize;
 
     for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] = 0.f;
     bool poisoned = false;
-
     for (int64_t t = 0; t < desc.frames; ++t) {
         if (threadIdx.x == 0) {
-            const bool valid = frame_valid[clip * desc.frame_valid_strides[0] +
-                                           t * desc.frame_valid_strides[1]] != 0;
-            const int32_t* size = crop_hw + clip * desc.crop_hw_strides[0] + t * desc.crop_hw_strides[1];
-            KppFrame frame;
-            frame.height = size[0];
-            frame.width = size[desc.crop_hw_strides[2]];
-            const bool sane = frame.height >= 1 && frame.height <= kKppMaxSide && frame.width >= 1 &&
-                              frame.width <= kKppMaxSide;
-            frame.state = !valid ? kFrameSkipped
-                          : !sane ? kFramePoisoned
-                          : desc.mode == REID_KPP_MODE_CONSTANT ? kFrameConstant
-                                                                 : kFrameDrawn;
-            frame.radius = sane ? frame.width / 11 : 0;  // int(w / 11)
-            const float window = static_cast<float>(2 * frame.radius + 1);
-            frame.exp2_scale = -8.f * kLog2e / (window * window);  // std = window / 4
-            frame_shared = frame;
-            num_active = 0;
+            sh.frame = read_frame(desc, crop_hw, frame_valid, clip, t);
+            sh.num_active = 0;
         }
         __syncthreads();
-        const KppFrame frame = frame_shared;
-        if (frame.state == kFramePoisoned) poisoned = true;
-        if (frame.state == kFrameDrawn) {
-            // 1. Joints of the part.
-            bool drawn = false;
-            if (threadIdx.x < num_slots) {
-                const int joint = desc.part_joints[first_slot + threadIdx.x];
-                const T* kp = keypoints + clip * desc.keypoints_strides[0] +
-                              t * desc.keypoints_strides[1] + joint * desc.keypoints_strides[2];
-                const float x = truncf(to_float(kp[0]));
-                const float y = truncf(to_float(kp[desc.keypoints_strides[3]]));
-                const float confidence = to_float(kp[2 * desc.keypoints_strides[3]]);
-                const float r = static_cast<float>(frame.radius);
-                // Comparisons are false for NaN: a NaN coordinate or confidence is not drawn.
-                drawn = confidence > desc.vis_thresh && x + r >= 0.f &&
-                        x - r <= static_cast<float>(frame.width - 1) && y + r >= 0.f &&
-                        y - r <= static_cast<float>(frame.height - 1);
-                joints[threadIdx.x] = KppJoint{drawn ? static_cast<int>(x) : 0,
-                                               drawn ? static_cast<int>(y) : 0};
-            }
-            if (warp < 2) {
-                const unsigned bits = __ballot_sync(kFullMask, drawn);
-                if (lane == 0) drawn_bits[warp] = bits;
-            }
-            __syncthreads();
-            const uint64_t drawn_mask = (static_cast<uint64_t>(drawn_bits[1]) << 32) | drawn_bits[0];
-            if (drawn_mask == 0) {  // the official all-zero map: -1 everywhere
-                for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] -= 1.f;
-            } else {
-                // 2. The part's maximum over the crop.
-                float nearest_value = 0.f;
-                if (threadIdx.x < num_slots && ((drawn_mask >> threadIdx.x) & 1)) {
-                    const KppJoint joint = joints[threadIdx.x];
-                    nearest_value = heat_at(min(max(joint.y, 0), frame.height - 1),
-                                            min(max(joint.x, 0), frame.width - 1), joints,
-                                            drawn_mask, frame, paper);
-                }
-                float part_max = block_extreme<true>(nearest_value, scratch);
-                if (paper) {
-                    const float rho2 = fmaxf(log2f(part_max) / frame.exp2_scale, 0.f);
-                    const int half = min(frame.radius, static_cast<int>(ceilf(sqrtf(rho2))) + 1);
-                    float scanned = 0.f;
-                    for (uint64_t mask = drawn_mask; mask; mask &= mask - 1) {
-                        const KppJoint joint = joints[__ffsll(static_cast<long long>(mask)) - 1];
-                        const int y0 = max(joint.y - half, 0), y1 = min(joint.y + half, frame.height - 1);
-                        const int x0 = max(joint.x - half, 0), x1 = min(joint.x + half, frame.width - 1);
-                        if (y1 < y0 || x1 < x0) continue;
-                        const int box_w = x1 - x0 + 1;
-                        const int box_area = box_w * (y1 - y0 + 1);
-                        for (int i = threadIdx.x; i < box_area; i += blockDim.x) {
-                            scanned = fmaxf(scanned, heat_at(y0 + i / box_w, x0 + i % box_w, joints,
-                                                             drawn_mask, frame, paper));
-                        }
-                    }
-                    part_max = fmaxf(part_max, block_extreme<true>(scanned, scratch));
-                }
-                // 3. Patches near a window, then their sums of resized values.
-                for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
-                    if (patch_joints(k, desc, joints, drawn_mask, frame)) {
-                        active[atomicAdd(&num_active, 1)] = k;  // order is irrelevant
-                    } else {
-                        patch_sum[k] = 0.f;
-                    }
-                }
-                __syncthreads();
-                const int grid_w = desc.out_w / desc.patch;
-                float low = FLT_MAX, high = 0.f;
-                for (int a = warp; a < num_active; a += kWarps) {
-                    const int k = active[a];
-                    const uint64_t relevant = patch_joints(k, desc, joints, drawn_mask, frame);
-                    const int row = (k / grid_w) * desc.patch;
-                    const int col = (k % grid_w) * desc.patch;
-                    float sum = 0.f;
-                    for (int i = lane; i < patch_area; i += kWarpSize) {
-                        const float v = resized_at(row + i / desc.patch, col + i % desc.patch,
-                                                   desc.out_h, desc.out_w, joints, relevant, frame,
-                                                   paper);
-                        sum += v;
-                        low = fminf(low, v);
-                        high = fmaxf(high, v);
-                    }
-                    sum = warp_sum(sum);
-                    if (lane == 0) patch_sum[k] = sum;
-                }
-                low = block_extreme<false>(low, scratch);
-                high = block_extreme<true>(high, scratch);
-                if (num_active < num_patches) low = fminf(low, 0.f);  // untouched patches are 0
-                // 4. min-max, (x - 0.5) / 0.5 and the patch mean, all affine.
-                const float scale = 2.f / (high - low + kMinMaxEps * part_max);
-                const float inv_area = 1.f / static_cast<float>(patch_area);
-                for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
-                    frame_total[k] += (patch_sum[k] * inv_area - low) * scale - 1.f;
-                }
-            }
+        const KppFrame frame = sh.frame;  // block-uniform: every branch below is uniform
+        if (frame.state == kFramePoisoned) {
+            poisoned = true;
         } else if (frame.state == kFrameConstant) {
-            for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] -= 1.f;
+            add_constant(frame_total, num_patches, -1.f);
+        } else if (frame.state == kFrameDrawn) {
+            const uint64_t drawn =
+                load_joints(desc, keypoints, clip, t, first_slot, num_slots, frame, sh);
+            if (drawn == 0) {  // the official all-zero map: -1 everywhere
+                add_constant(frame_total, num_patches, -1.f);
+            } else {
+                const float part_max = part_maximum(drawn, num_slots, frame, paper, sh);
+                add_patch_values(desc, drawn, part_max, frame, paper, patch_sum, frame_total,
+                                 active, sh);
+            }
         }
-        __syncthreads();  // frame_shared, joints and num_active are rewritten next frame
+        __syncthreads();  // sh is rewritten for the next frame
     }
 
     const float inv_frames = 1.f / static_cast<float>(desc.frames);
@@ -334,7 +370,9 @@ int check_desc(const reid_keypoint_patch_pool_desc& d) {
         if (d.part_offsets[p + 1] <= d.part_offsets[p]) return REID_ERROR_INVALID_ARGUMENT;
     }
     for (int s = 0; s < d.part_offsets[d.num_parts]; ++s) {
-        if (d.part_joints[s] < 0 || d.part_joints[s] >= d.num_joints) return REID_ERROR_INVALID_ARGUMENT;
+        if (d.part_joints[s] < 0 || d.part_joints[s] >= d.num_joints) {
+            return REID_ERROR_INVALID_ARGUMENT;
+        }
     }
     if (d.patch < 1 || d.out_h < 1 || d.out_w < 1 || d.out_h % d.patch || d.out_w % d.patch) {
         return REID_ERROR_INVALID_ARGUMENT;
@@ -375,9 +413,11 @@ int launch_keypoint_patch_pool(const reid_keypoint_patch_pool_desc* desc, const 
 }
 
 template int launch_keypoint_patch_pool<float>(const reid_keypoint_patch_pool_desc*, const void*,
-                                               const int32_t*, const uint8_t*, void*, cudaStream_t);
+                                               const int32_t*, const uint8_t*, void*,
+                                               cudaStream_t);
 template int launch_keypoint_patch_pool<__half>(const reid_keypoint_patch_pool_desc*, const void*,
-                                                const int32_t*, const uint8_t*, void*, cudaStream_t);
+                                                const int32_t*, const uint8_t*, void*,
+                                                cudaStream_t);
 template int launch_keypoint_patch_pool<__nv_bfloat16>(const reid_keypoint_patch_pool_desc*,
                                                        const void*, const int32_t*, const uint8_t*,
                                                        void*, cudaStream_t);

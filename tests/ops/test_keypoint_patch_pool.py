@@ -382,7 +382,7 @@ def test_op_inside_an_exported_model_with_dynamic_batch(rng):
     for batch_size in (1, 5):
         keypoints, crop_hw, valid = cases.random_clip_batch(rng, batch_size, 3, kind="small")
         inputs = cases.as_tensors(keypoints, crop_hw, valid, torch.float32)
-        feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+        feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
         with torch.no_grad():
             expected = model(*inputs).numpy()
         np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=0, atol=1e-5)

@@ -161,7 +161,7 @@ def test_cuda_graph_capture_and_replay(rng):
             *static, encode_parts(KEYREID_PARTS), [256, 128], 16, 0.1, "paper")
     for _ in range(2):
         fresh = _cuda_batch(rng, 8, 4, invalid_fraction=0)
-        for target, source in zip(static, fresh):
+        for target, source in zip(static, fresh, strict=True):
             target.copy_(source)
         graph.replay()
         torch.cuda.synchronize()
@@ -175,7 +175,8 @@ def test_torch_compile_with_inductor(rng):
         return keypoint_patch_pool_op(keypoints, crop_hw, valid, mode="max").mean(dim=-1) * 3
 
     compiled = torch.compile(head, fullgraph=True)
-    torch.testing.assert_close(compiled(*inputs), head(*inputs), rtol=0, atol=0)
+    # Inductor may order the mean's additions differently from eager.
+    torch.testing.assert_close(compiled(*inputs), head(*inputs), rtol=1e-6, atol=1e-6)
 
 
 def test_cython_path_with_cupy(rng):
