@@ -327,7 +327,7 @@ def test_unseen_camera_row_is_the_mean_of_the_trained_rows(rng):
     assert model.base.Cam.shape == (7, 1, 48)
     assert torch.equal(model.base.Cam[:6], trained)
     torch.testing.assert_close(model.base.Cam[6, 0], trained[:, 0].sum(0) / 6, rtol=0, atol=1e-15)
-    assert model.reid_config["unseen_camera_index"] == 6 and model.reid_config["cameras"] == 7
+    assert model.reid_config == {**TINY, "arch": "keyreid", "cameras": 7, "unseen_camera_index": 6}
     with torch.no_grad():
         unseen = model.forward_part_weights(frames, weights, torch.tensor([6, 6]))
         twin = _randomized(seed=0)

@@ -29,6 +29,7 @@ from torch import nn
 
 from reid_export.ops.keypoint_patch_pool import KEYREID_PARTS, keypoint_patch_pool_op
 
+ARCH = "keyreid"
 HEATMAP_MODES = ("paper", "max", "constant")
 # Fixed by the official code (KeyRe_ID.shift_num, KeyRe_ID.part), not by a constructor argument.
 TCSS_SHIFT = 5
@@ -196,7 +197,7 @@ class KeyReID(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        self.reid_config = {**config, "img_size": list(config["img_size"])}  # own copy
+        self.reid_config = {"arch": ARCH, **config, "img_size": list(config["img_size"])}
         img_h, img_w = config["img_size"]
         patch, dim, frames = config["patch_size"], config["embed_dim"], config["frames"]
         self.frames_per_clip = frames
@@ -431,10 +432,14 @@ def randomize_(model: KeyReID, generator: torch.Generator) -> KeyReID:
 
 
 def build(**config) -> KeyReID:
-    """KeyRe-ID with random weights, in eval mode, from the fields of a ``PRESETS`` entry.
-
-    ``model.reid_config`` holds ``config``. Works under ``torch.device("meta")`` too.
+    """KeyRe-ID with random weights, in eval mode, from the fields of a ``PRESETS`` entry
+    (an ``arch`` field, as ``model.reid_config`` carries it, is accepted when it is
+    ``"keyreid"``). ``model.reid_config`` holds ``{"arch": "keyreid", **config}``. Works under
+    ``torch.device("meta")`` too.
     """
+    arch = config.pop("arch", ARCH)
+    if arch != ARCH:
+        raise ValueError(f"config is for arch {arch!r}, not {ARCH!r}")
     _validate_config(config)
     model = KeyReID(config)
     _init_weights(model)
