@@ -96,14 +96,18 @@ def cmd_validate(args) -> int:
     return 0 if report.passed else 1
 
 
-def cmd_synth(args) -> int:
+def _synth_main(argv) -> int:
     from reid_export.synth import cli as synth_cli
-    return synth_cli.main(args.synth_args)
+    return synth_cli.main(argv)
 
 
-def cmd_train(args) -> int:
+def _train_main(argv) -> int:
     from reid_export.train import main as train_main
-    return train_main(args.train_args)
+    return train_main(argv)
+
+
+# Subcommands with parsers of their own: everything after the name is theirs.
+DELEGATED = {"synth": _synth_main, "train": _train_main}
 
 
 def _add_model_source(parser, *, random_help):
@@ -152,18 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("synth", help="generate the synthetic video ReID benchmark",
-                       add_help=False)
-    p.add_argument("synth_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("train", help="train a preset on a tracklet folder", add_help=False)
-    p.add_argument("train_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
+    sub.add_parser("synth", help="generate the synthetic video ReID benchmark (synth --help)")
+    sub.add_parser("train", help="train a preset on a tracklet folder (train --help)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

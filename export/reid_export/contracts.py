@@ -59,8 +59,11 @@ def contract_for(model) -> ExportContract:
 
 
 def _preset_name(module, config: dict) -> str:
+    config = dict(config)
+    if config.get("unseen_camera_index") is not None:  # the added row is not the preset's
+        config.update(cameras=config["unseen_camera_index"], unseen_camera_index=None)
     for name, preset in module.PRESETS.items():
-        if all(config.get(k) == v for k, v in preset.items() if k != "unseen_camera_index"):
+        if all(config.get(k) == v for k, v in preset.items() if k not in ("classes",)):
             return name
     return "custom"
 
