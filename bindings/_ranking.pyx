@@ -24,8 +24,11 @@ __all__ = ["METRIC_CODES", "topk_search", "retrieval_ranks"]
 # Metric name -> code used in the C loops. Cosine expects L2-normalised vectors (the score is
 # then their dot product); the two distances use ||q||^2 + ||g||^2 - 2 q.g, clamped at 0.
 METRIC_CODES = {"cosine": 0, "squared_euclidean": 1, "euclidean": 2}
-DEFAULT_CHUNK_SIZE = 8192
 DEFAULT_QUERY_BLOCK = 1024
+# Scores held at once when the chunk size is chosen automatically: 8 Mi float32 = 32 MiB. Few
+# queries then get long chunks: each BLAS call has a fixed cost (thread wake-up), which
+# short chunks would pay many times.
+TILE_ELEMENTS = 1 << 23
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,24 +133,25 @@ cdef void _sort_heaps(float[:, ::1] heap_keys, int64_t[:, ::1] heap_pos,
 
 
 def topk_search(queries, gallery, Py_ssize_t k, str metric, gallery_sq_norms=None, *,
-                Py_ssize_t chunk_size=DEFAULT_CHUNK_SIZE,
-                Py_ssize_t query_block=DEFAULT_QUERY_BLOCK):
+                chunk_size=None, Py_ssize_t query_block=DEFAULT_QUERY_BLOCK):
     """Top-k gallery positions and scores for each query, streaming over gallery chunks.
 
     queries: float32 [Q, D] C-contiguous; gallery: float32 [G, D] C-contiguous (for "cosine"
     both L2-normalised); gallery_sq_norms: float32 [G] squared L2 norms of the gallery rows
-    (needed for the two euclidean metrics, ignored for cosine). k >= 1.
+    (needed for the two euclidean metrics, ignored for cosine). k >= 1. chunk_size: gallery
+    rows scored per BLAS call; None chooses TILE_ELEMENTS // min(Q, query_block).
     Returns (positions int64 [Q, min(k, G)], scores float32 [Q, min(k, G)]), best first:
     similarity descending for "cosine", distance ascending for "euclidean" /
     "squared_euclidean"; equal scores by ascending gallery position.
 
     Scores of a (query block x gallery chunk) tile are computed by BLAS (numpy matmul) into one
     reused buffer, then folded into per-query heaps in C: working memory is
-    min(Q, query_block) x min(G, chunk_size) float32 plus the [Q, k] result, never Q x G.
+    min(Q, query_block) x min(G, chunk_size) float32 (32 MiB with the automatic chunk size)
+    plus the [Q, k] result, never Q x G.
     """
     if metric not in METRIC_CODES:
         raise ValueError(f"metric {metric!r} is not one of {sorted(METRIC_CODES)}")
-    if k < 1 or chunk_size < 1 or query_block < 1:
+    if k < 1 or query_block < 1 or (chunk_size is not None and chunk_size < 1):
         raise ValueError("k, chunk_size and query_block must be >= 1")
     cdef int metric_code = METRIC_CODES[metric]
     cdef Py_ssize_t num_queries = queries.shape[0], num_gallery = gallery.shape[0]
@@ -176,7 +180,10 @@ def topk_search(queries, gallery, Py_ssize_t k, str metric, gallery_sq_norms=Non
     cdef const float[::1] query_sq_norms = query_sq_norms_arr
     cdef const float[::1] gallery_norms = gallery_sq_norms_arr
 
-    cdef Py_ssize_t block = min(query_block, num_queries), chunk = min(chunk_size, num_gallery)
+    cdef Py_ssize_t block = min(query_block, num_queries)
+    if chunk_size is None:
+        chunk_size = max(1, TILE_ELEMENTS // block)
+    cdef Py_ssize_t chunk = min(chunk_size, num_gallery)
     tile_buffer = np.empty(block * chunk, dtype=np.float32)
     cdef const float[:, ::1] tile
     cdef Py_ssize_t q0, q1, g0, g1

@@ -101,17 +101,17 @@ class Gallery:
     dim: embedding dimension D. metric: "cosine" (similarity of L2-normalised vectors,
     descending; embeddings are normalised on ``add``), "euclidean" or "squared_euclidean"
     (distance of the vectors as given, ascending). chunk_size: gallery rows scored per step of
-    a search; working memory is about min(Q, 1024) x chunk_size x 4 bytes.
+    a search; working memory is about min(Q, 1024) x chunk_size x 4 bytes. None (default)
+    sizes the chunks so that this is 32 MiB.
     """
 
-    def __init__(self, dim: int, metric: str = "cosine", *,
-                 chunk_size: int = _ranking.DEFAULT_CHUNK_SIZE):
+    def __init__(self, dim: int, metric: str = "cosine", *, chunk_size: int | None = None):
         self._dim = _positive_int(dim, "dim", " (the embedding size)")
         if metric not in DISTANCE_METRICS:
             raise InputError(f"metric {metric!r} is not one of {DISTANCE_METRICS}; use the "
                              "engine's spec.metric")
         self._metric = metric
-        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        self.chunk_size = None if chunk_size is None else _positive_int(chunk_size, "chunk_size")
         self._count = 0
         self._embeddings = np.empty((0, self._dim), dtype=np.float32)
         self._sq_norms = np.empty(0, dtype=np.float32)
@@ -371,8 +371,7 @@ class Gallery:
                                "file there is unchanged") from exc
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *,
-             chunk_size: int = _ranking.DEFAULT_CHUNK_SIZE) -> "Gallery":
+    def load(cls, path: str | os.PathLike, *, chunk_size: int | None = None) -> "Gallery":
         """Reads a file written by :meth:`save`, verifying format, shapes and checksum."""
         path = Path(path)
         if not path.is_file():
@@ -412,7 +411,8 @@ class Gallery:
         return cls._from_arrays(header, arrays, path, chunk_size)
 
     @classmethod
-    def _from_arrays(cls, header: dict, arrays: dict, path: Path, chunk_size: int) -> "Gallery":
+    def _from_arrays(cls, header: dict, arrays: dict, path: Path,
+                     chunk_size: int | None) -> "Gallery":
         count, dim = header["count"], header["dim"]
         embeddings, ids, cameras = (arrays[n] for n in _ARRAY_MEMBERS)
         if header["meta"] is not None and (not isinstance(header["meta"], list)
