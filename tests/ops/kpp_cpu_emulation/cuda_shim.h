@@ -1,0 +1,70 @@
+// The CUDA features keypoint_patch_pool_kernel.cu uses, emulated on the CPU so the kernel source
+// itself can be checked without a GPU: one block at a time, one std::thread per CUDA thread,
+// std::barrier for __syncthreads and for the warp-synchronous shuffle / ballot exchanges.
+// Used only by tests/ops/test_keypoint_patch_pool_emulated.py.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+struct EmulatedDim {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+inline thread_local EmulatedDim threadIdx;
+inline EmulatedDim blockIdx;
+inline EmulatedDim blockDim;
+
+constexpr int kEmulatedWarps = 8;
+inline std::barrier<>* emulated_block_barrier = nullptr;
+inline std::barrier<>* emulated_warp_barrier[kEmulatedWarps];
+inline float emulated_lane_values[kEmulatedWarps][32];
+inline unsigned emulated_lane_bits[kEmulatedWarps][32];
+inline float* emulated_dynamic_shared = nullptr;
+
+inline void __syncthreads() { emulated_block_barrier->arrive_and_wait(); }
+
+// Every lane publishes its value between two warp barriers, then reads its partner's.
+inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    emulated_warp_barrier[warp]->arrive_and_wait();
+    emulated_lane_values[warp][lane] = value;
+    emulated_warp_barrier[warp]->arrive_and_wait();
+    return emulated_lane_values[warp][lane ^ lane_mask];
+}
+
+inline unsigned __ballot_sync(unsigned, bool predicate) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    emulated_warp_barrier[warp]->arrive_and_wait();
+    emulated_lane_bits[warp][lane] = predicate ? 1u : 0u;
+    emulated_warp_barrier[warp]->arrive_and_wait();
+    unsigned bits = 0;
+    for (int i = 0; i < 32; ++i) bits |= emulated_lane_bits[warp][i] << i;
+    return bits;
+}
+
+inline int atomicAdd(int* address, int value) {
+    return std::atomic_ref<int>(*address).fetch_add(value);
+}
+
+inline int __ffsll(long long value) { return __builtin_ffsll(value); }
+
+inline float __int_as_float(int bits) {
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+using std::abs;
+using std::max;
+using std::min;

@@ -1,0 +1,170 @@
+"""The KeypointPatchPool CUDA kernel's own source, executed on the CPU, against the reference.
+
+tests/ops/kpp_cpu_emulation/ runs the kernel's device code with one std::thread per CUDA thread
+and std::barrier for __syncthreads and the warp shuffles / ballots, block after block, so CI
+checks the kernel's arithmetic and its block orchestration (barriers, shared state, work lists)
+without a GPU. It cannot see what only hardware shows (memory model, timing): the `gpu` tests in
+test_keypoint_patch_pool_gpu.py run the real thing.
+"""
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kpp_cases as cases  # noqa: E402
+
+from reid_export.ops.keypoint_patch_pool import (  # noqa: E402
+    KEYREID_PARTS, MODES, decode_parts, encode_parts, keypoint_patch_pool)
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNEL_SOURCE = ROOT / "kernels" / "keypoint_patch_pool" / "keypoint_patch_pool_kernel.cu"
+EMULATION = Path(__file__).resolve().parent / "kpp_cpu_emulation"
+CUDA_INCLUDE = next((p for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include",
+                                 Path("/usr/local/cuda/include")) if (p / "cuda_fp16.h").is_file()),
+                    None)
+GXX = shutil.which("g++")
+
+pytestmark = pytest.mark.skipif(
+    CUDA_INCLUDE is None or GXX is None,
+    reason="needs the CUDA toolkit headers and g++ (C++20), as the nvcc compile checks do")
+
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_MODE_CODE = {"paper": 0, "max": 1, "constant": 2}
+
+
+class _Desc(ctypes.Structure):
+    """reid_keypoint_patch_pool_desc of kernels/reid_kernels.h."""
+    _fields_ = [
+        ("batch", ctypes.c_int64), ("frames", ctypes.c_int64), ("num_joints", ctypes.c_int64),
+        ("num_parts", ctypes.c_int32), ("part_offsets", ctypes.c_int32 * 17),
+        ("part_joints", ctypes.c_int32 * 64), ("out_h", ctypes.c_int32),
+        ("out_w", ctypes.c_int32), ("patch", ctypes.c_int32), ("vis_thresh", ctypes.c_float),
+        ("mode", ctypes.c_int32), ("keypoints_strides", ctypes.c_int64 * 4),
+        ("crop_hw_strides", ctypes.c_int64 * 3), ("frame_valid_strides", ctypes.c_int64 * 2),
+        ("out_strides", ctypes.c_int64 * 3)]
+
+
+def _device_code() -> str:
+    """The kernel file up to its host launcher, its dynamic shared memory and block-shared
+    state redirected to the emulation (one block runs at a time)."""
+    source = KERNEL_SOURCE.read_text()
+    for old, new in (("extern __shared__ float shared[];",
+                      "float* shared = emulated_dynamic_shared;"),
+                     ("__shared__ KppShared sh;", "static KppShared sh;"),
+                     ("namespace {", "namespace emulated {")):
+        assert source.count(old) == 1, f"the emulation expects one {old!r} in {KERNEL_SOURCE}"
+        source = source.replace(old, new)
+    device_part = source[:source.index("int check_desc(")]
+    return device_part + "}  // namespace emulated\n}  // namespace reid\n"
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    build = tmp_path_factory.mktemp("kpp_emulation")
+    (build / "kernel_source.cpp").write_text(_device_code())
+    library = build / "libkpp_emulated.so"
+    command = [GXX, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(library),
+               str(EMULATION / "harness.cpp"), "-I", str(build), "-I", str(EMULATION),
+               "-I", str(ROOT / "kernels" / "keypoint_patch_pool"), "-I", str(ROOT / "kernels"),
+               "-I", str(ROOT / "kernels" / "common"), "-I", str(CUDA_INCLUDE)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lib = ctypes.CDLL(str(library))
+    lib.emulated_desc_size.restype = ctypes.c_size_t
+    assert lib.emulated_desc_size() == ctypes.sizeof(_Desc), "_Desc differs from reid_kernels.h"
+    return lib
+
+
+def _run(lib, keypoints, crop_hw, frame_valid, *, parts=KEYREID_PARTS, out_hw=(256, 128),
+         patch=16, vis_thresh=0.1, mode="paper", out=None):
+    groups = decode_parts(encode_parts(parts))
+    desc = _Desc()
+    desc.batch, desc.frames, desc.num_joints = keypoints.shape[:3]
+    desc.num_parts = len(groups)
+    slot = 0
+    for index, group in enumerate(groups):
+        desc.part_offsets[index] = slot
+        for joint in group:
+            desc.part_joints[slot] = joint
+            slot += 1
+    desc.part_offsets[len(groups)] = slot
+    desc.out_h, desc.out_w, desc.patch = out_hw[0], out_hw[1], patch
+    desc.vis_thresh, desc.mode = vis_thresh, _MODE_CODE[mode]
+    patches = (out_hw[0] // patch) * (out_hw[1] // patch)
+    if out is None:
+        out = torch.full((keypoints.shape[0], len(groups), patches), float("nan"),
+                         dtype=keypoints.dtype)
+    valid = frame_valid.to(torch.uint8)
+    for field, tensor in (("keypoints_strides", keypoints), ("crop_hw_strides", crop_hw),
+                          ("frame_valid_strides", valid), ("out_strides", out)):
+        for axis, stride in enumerate(tensor.stride()):
+            getattr(desc, field)[axis] = stride
+    lib.emulated_keypoint_patch_pool(
+        ctypes.byref(desc), _DTYPE_CODE[keypoints.dtype], ctypes.c_void_p(keypoints.data_ptr()),
+        ctypes.c_void_p(crop_hw.data_ptr()), ctypes.c_void_p(valid.data_ptr()),
+        ctypes.c_void_p(out.data_ptr()))
+    return out
+
+
+def _error(got, keypoints, crop_hw, frame_valid, **attributes):
+    truth = keypoint_patch_pool(keypoints.double(), crop_hw, frame_valid, **attributes)
+    return float((got.double() - truth).abs().max())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_kernel_fp32_matches_reference(emulated, mode, rng):
+    inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 3), torch.float32)
+    got = _run(emulated, *inputs, mode=mode)
+    assert _error(got, *inputs, mode=mode) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_emulated_kernel_half_types(emulated, dtype, rng):
+    inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 3), dtype)
+    truth = keypoint_patch_pool(inputs[0].double(), *inputs[1:])
+    torch_error = float((keypoint_patch_pool(*inputs).double() - truth).abs().max())
+    ours = float((_run(emulated, *inputs).double() - truth).abs().max())
+    assert ours <= 2 * torch_error
+
+
+@pytest.mark.parametrize("mode", ("paper", "max"))
+def test_emulated_kernel_part_maximum(emulated, mode):
+    keypoints, crop_hw, valid, attributes = cases.eps_sensitive_clip(mode)
+    inputs = cases.as_tensors(keypoints, crop_hw, valid, torch.float32)
+    assert _error(_run(emulated, *inputs, **attributes), *inputs, **attributes) <= 1e-5
+
+
+@pytest.mark.parametrize("out_hw, patch, parts, joints", [
+    ((12, 20), 4, ((3, 3, 5), (5, 0), (19,), (2, 7, 11, 13, 16)), 20),
+    ((8, 8), 8, (tuple(range(32)) * 2,), 32),
+])
+def test_emulated_kernel_odd_geometry(emulated, out_hw, patch, parts, joints, rng):
+    inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 2, joints=joints, kind="small"),
+                              torch.float32)
+    attributes = {"out_hw": out_hw, "patch": patch, "parts": parts, "vis_thresh": 0.25}
+    for mode in ("paper", "max"):
+        got = _run(emulated, *inputs, mode=mode, **attributes)
+        assert _error(got, *inputs, mode=mode, **attributes) <= 1e-5
+
+
+def test_emulated_kernel_strides_writes_and_poison(emulated, rng):
+    keypoints, crop_hw, valid = cases.as_tensors(
+        *cases.random_clip_batch(rng, 3, 2, invalid_fraction=0), torch.float32)
+    big_out = torch.full((6, 3, 256), float("nan"))
+    out = big_out.permute(1, 0, 2)[:, :, ::2]
+    hw_padded = torch.zeros(3, 2, 3, dtype=torch.int32)
+    hw_padded[..., 1:] = crop_hw
+    crop_hw[1, 1] = torch.tensor([0, 50])
+    hw_padded[1, 1, 1:] = crop_hw[1, 1]
+    _run(emulated, keypoints.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1),
+         hw_padded[..., 1:], valid.t().contiguous().t(), out=out)
+    assert torch.isnan(out[1]).all() and torch.isnan(big_out[..., 1::2]).all()
+    keep = [0, 2]
+    assert _error(out[keep], keypoints[keep], crop_hw[keep], valid[keep]) <= 1e-5
