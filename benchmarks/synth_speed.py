@@ -30,7 +30,7 @@ def _disk_bytes(root):
     return sum(entry.stat().st_size for entry in Path(root).rglob("*") if entry.is_file())
 
 
-def _frame_cost(config, seed, tracklets=40):
+def _frame_cost(config, seed, folder, tracklets=40):
     """Single-process CPU microseconds per frame: render only, and render + encode + write."""
     world = build_world(config, seed)
     jobs = world.jobs[:tracklets]
@@ -39,7 +39,7 @@ def _frame_cost(config, seed, tracklets=40):
     for job in jobs:
         world.render(job)
     render = time.process_time() - start
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
         start = time.process_time()
         for job in jobs:
             write_tracklet(world, job, Path(scratch))
@@ -59,7 +59,7 @@ def main(argv=None):
           f"{os.getloadavg()[0]:.1f} (wall figures are only meaningful on an idle machine)")
     for name in presets:
         config = SynthConfig.preset(name)
-        render_us, total_us = _frame_cost(config, args.seed)
+        render_us, total_us = _frame_cost(config, args.seed, args.out)
         print(f"[{name}] one process: render {render_us:.0f} us/frame, render + JPEG + write "
               f"{total_us:.0f} us/frame ({1e6 / total_us:.0f} frames per CPU-second)")
         with tempfile.TemporaryDirectory(dir=args.out) as scratch:
