@@ -38,14 +38,16 @@ def colour_histogram(frames, centre=False):
         if centre:
             w = frame.shape[1]
             frame = frame[:, w // 4: w - w // 4]
-        codes = (frame[..., 0] // 32).astype(np.int64) * 64 + (frame[..., 1] // 32) * 8 + frame[..., 2] // 32
+        levels = (frame // 32).astype(np.int64)
+        codes = levels[..., 0] * 64 + levels[..., 1] * 8 + levels[..., 2]
         bins.append(np.bincount(codes.ravel(), minlength=512) / codes.size)
     return np.sqrt(np.mean(bins, axis=0))  # Hellinger: cosine of square roots
 
 
 def tiny_pixels(frames):
-    return np.mean([np.asarray(Image.fromarray(f).resize((8, 16), Image.BILINEAR), np.float64).ravel()
-                    for f in frames], axis=0) - 128.0
+    small = [np.asarray(Image.fromarray(f).resize((8, 16), Image.BILINEAR), np.float64).ravel()
+             for f in frames]
+    return np.mean(small, axis=0) - 128.0
 
 
 def limb_colours(frames, keypoints):
@@ -80,7 +82,8 @@ def body_ratios(keypoints):
     """Limb lengths relative to the torso (shoulder centre to hip centre), median over frames."""
     k = keypoints
     ok = np.all(k[:, [L_SHOULDER, R_SHOULDER, L_HIP, R_HIP], 2] >= VISIBLE, axis=1)
-    torso = np.linalg.norm(k[:, [L_SHOULDER, R_SHOULDER], :2].mean(1) - k[:, [L_HIP, R_HIP], :2].mean(1), axis=-1)
+    shoulders, hips = k[:, [L_SHOULDER, R_SHOULDER], :2].mean(1), k[:, [L_HIP, R_HIP], :2].mean(1)
+    torso = np.linalg.norm(shoulders - hips, axis=-1)
     torso = np.where(ok & (torso > 1), torso, np.nan)
     parts = [(L_SHOULDER, L_ELBOW), (R_SHOULDER, R_ELBOW), (L_ELBOW, L_WRIST), (R_ELBOW, R_WRIST),
              (L_HIP, L_KNEE), (R_HIP, R_KNEE), (L_KNEE, L_ANKLE), (R_KNEE, R_ANKLE)]
@@ -92,7 +95,8 @@ def gait_features(keypoints):
     """Dominant period of the ankle separation (frames) and its amplitude over leg length."""
     k = keypoints
     both = (k[:, L_ANKLE, 2] > 0) & (k[:, R_ANKLE, 2] > 0)
-    separation = np.where(both, np.linalg.norm(k[:, L_ANKLE, :2] - k[:, R_ANKLE, :2], axis=-1), np.nan)
+    distance = np.linalg.norm(k[:, L_ANKLE, :2] - k[:, R_ANKLE, :2], axis=-1)
+    separation = np.where(both, distance, np.nan)
     legs = np.nanmedian(np.concatenate([_length(k, L_HIP, L_ANKLE), _length(k, R_HIP, R_ANKLE)]))
     if np.sum(np.isfinite(separation)) < 6 or not np.isfinite(legs):
         return np.zeros(2)
@@ -136,7 +140,8 @@ def protocol_scores(dist, queries, gallery, protocol):
         keep = ~ignored
         if not np.any(keep & same):
             continue
-        result = evaluate(dist[row:row + 1, keep], [query.pid], g_pids[keep], [query.camid], g_cams[keep])
+        result = evaluate(dist[row:row + 1, keep], [query.pid], g_pids[keep], [query.camid],
+                          g_cams[keep])
         aps.append(result["mAP"])
         firsts.append(result["cmc"][0])
     return float(np.mean(aps)), float(np.mean(firsts))
@@ -156,7 +161,8 @@ def main(argv=None):
         root = Path(args.bench) if args.bench else None
         if root is None:
             from reid_export.synth import SynthConfig, generate
-            root = generate(Path(scratch) / "bench", SynthConfig.preset(args.preset), seed=args.seed)
+            config = SynthConfig.preset(args.preset)
+            root = generate(Path(scratch) / "bench", config, seed=args.seed)
         queries, gallery = scan(root / "query"), scan(root / "gallery")
         print(f"{root}: {len(queries)} queries, {len(gallery)} gallery tracklets")
         data = {"frames": [load_frames(t) for t in queries + gallery],

@@ -49,10 +49,13 @@ def _frame_cost(config, seed, folder, tracklets=40):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", action="append", help="preset(s) to time (default: demo, default)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    parser.add_argument("--preset", action="append",
+                        help="preset(s) to time (default: demo, default)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: all CPUs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="keep the benchmarks under this folder (default: a temporary one)")
+    parser.add_argument("--out", help="folder to write the (temporary) benchmarks in; the file "
+                                      "system matters (default: the system's temporary folder)")
     args = parser.parse_args(argv)
     presets = args.preset or ["demo", "default"]
     print(f"machine: {len(os.sched_getaffinity(0))} usable CPUs, load average "
@@ -62,18 +65,17 @@ def main(argv=None):
         render_us, total_us = _frame_cost(config, args.seed, args.out)
         print(f"[{name}] one process: render {render_us:.0f} us/frame, render + JPEG + write "
               f"{total_us:.0f} us/frame ({1e6 / total_us:.0f} frames per CPU-second)")
+        jobs = build_world(config, args.seed).jobs
+        frames = sum(job.num_frames for job in jobs)
         with tempfile.TemporaryDirectory(dir=args.out) as scratch:
-            target = Path(args.out or scratch) / f"synth-{name}"
             cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-            root = generate(target, config, seed=args.seed, progress=False, reuse=False, workers=args.workers)
+            root = generate(Path(scratch) / f"synth-{name}", config, seed=args.seed,
+                            progress=False, reuse=False, workers=args.workers)
             wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
-            world_frames = sum(job.num_frames for job in build_world(config, args.seed).jobs)
-            tracklets = len(build_world(config, args.seed).jobs)
             size = _disk_bytes(root)
-            print(f"[{name}] generate: {tracklets} tracklets, {world_frames} frames in {wall:.1f} s wall "
-                  f"= {world_frames / wall:.0f} frames/s; {cpu:.1f} CPU-s = "
-                  f"{world_frames / cpu:.0f} frames per CPU-second; {size / 1e6:.1f} MB on disk "
-                  f"({size / world_frames / 1e3:.1f} kB/frame)")
+        print(f"[{name}] generate: {len(jobs)} tracklets, {frames} frames in {wall:.1f} s wall = "
+              f"{frames / wall:.0f} frames/s; {cpu:.1f} CPU-s = {frames / cpu:.0f} frames per "
+              f"CPU-second; {size / 1e6:.1f} MB on disk ({size / frames / 1e3:.1f} kB/frame)")
     return 0
 
 

@@ -108,7 +108,8 @@ def _tracklet(folder: Path, image_names: list[str], file_names: set[str]) -> Tra
     pid, camid = _tracklet_ids(folder, meta, meta_path)
     return Tracklet(path=folder, pid=pid, camid=camid,
                     frames=[folder / name for name in sorted(image_names)],
-                    keypoints_path=folder / KEYPOINTS_FILE if KEYPOINTS_FILE in file_names else None,
+                    keypoints_path=(folder / KEYPOINTS_FILE if KEYPOINTS_FILE in file_names
+                                    else None),
                     meta=meta)
 
 
@@ -144,7 +145,8 @@ def load_frames(tracklet: Tracklet) -> list[np.ndarray]:
             with Image.open(path) as image:
                 frames.append(np.asarray(image.convert("RGB")))
         except (OSError, UnidentifiedImageError) as error:
-            raise InputError(f"cannot read frame {path}: {error}; replace or remove the file") from error
+            raise InputError(f"cannot read frame {path}: {error}; replace or remove the "
+                             "file") from error
     return frames
 
 
@@ -169,7 +171,8 @@ def load_keypoints(tracklet: Tracklet) -> np.ndarray | None:
     entries = document["frames"]
     missing = [frame.name for frame in tracklet.frames if frame.name not in entries]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        shown = ", ".join(missing[:3]) + more
         raise InputError(f"{path} has no keypoints for {len(missing)} of {len(tracklet.frames)} "
                          f"frames ({shown}); every frame needs an entry; {fix}")
     keypoints = np.empty((len(tracklet.frames), NUM_JOINTS, 3), np.float32)

@@ -25,8 +25,10 @@ def test_signatures_describe_the_identities():
     """The near-duplicate test compares what the identities really are: the signature holds the
     normalised body and gait attributes of the dataclasses."""
     config = SynthConfig()
-    for identity, (body_signature, gait_signature) in sample_identities(np.random.default_rng(1), config, 10):
-        np.testing.assert_allclose(body_signature[:len(BODY_RANGES)], _normalised(identity.body, BODY_RANGES))
+    drawn = sample_identities(np.random.default_rng(1), config, 10)
+    for identity, (body_signature, gait_signature) in drawn:
+        np.testing.assert_allclose(body_signature[:len(BODY_RANGES)],
+                                   _normalised(identity.body, BODY_RANGES))
         np.testing.assert_allclose(gait_signature, _normalised(identity.gait, GAIT_RANGES))
         assert np.all((body_signature >= 0) & (body_signature <= 1))
 
@@ -76,7 +78,8 @@ def test_second_outfit_is_a_visible_change():
 
 
 def test_cues_vary_between_identities():
-    """Shape, gait and clothes each spread over their ranges; colours come from the small palette."""
+    """Shape, gait and clothes each spread over their ranges; colours come from the small
+    palette."""
     config = SynthConfig(garment_palette_size=6)
     identities = [i for i, _ in sample_identities(np.random.default_rng(8), config, 80)]
     for name, (lo, hi) in BODY_RANGES.items():

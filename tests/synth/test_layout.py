@@ -35,7 +35,8 @@ def test_scan_finds_tracklets_and_their_ids(tmp_path, rng):
     _tracklet(tmp_path / "gallery" / "00-1" / "00-1C1T0001", rng, count=1)
     named_by_json = tmp_path / "gallery" / "misc" / "clip_a"
     _tracklet(named_by_json, rng, count=2)
-    (named_by_json / "tracklet.json").write_text(json.dumps({"pid": 9, "camid": 4, "outfit": 1, "x": [1]}))
+    meta = {"pid": 9, "camid": 4, "outfit": 1, "x": [1]}
+    (named_by_json / "tracklet.json").write_text(json.dumps(meta))
     _tracklet(tmp_path / "gallery" / "misc" / "clip_b", rng, count=1)
     (tmp_path / "gallery" / ".hidden" / "0001C1T0001").mkdir(parents=True)
     _frame(tmp_path / "gallery" / ".hidden" / "0001C1T0001" / "a.png", rng)
@@ -46,7 +47,7 @@ def test_scan_finds_tracklets_and_their_ids(tmp_path, rng):
         "gallery/misc/clip_b", "query/0007/0007C2T0001"]
     ids = [(t.pid, t.camid, t.num_frames) for t in found]
     assert ids == [(-1, 0, 1), (7, 2, 4), (9, 4, 2), (None, None, 1), (7, 1, 2)]
-    assert found[2].meta == {"pid": 9, "camid": 4, "outfit": 1, "x": [1]}
+    assert found[2].meta == meta
     assert all(t.keypoints_path is None for t in found)
     assert [t.path.name for t in scan(tmp_path / "query")] == ["0007C2T0001"]
     one = scan(tmp_path / "query" / "0007" / "0007C2T0001")  # a tracklet folder itself
@@ -84,8 +85,10 @@ def test_keypoints_round_trip(tmp_path, rng):
 @pytest.mark.parametrize("mutate, message", [
     (lambda rows, names: rows.pop(names[1]), "no keypoints for 1 of 3 frames"),
     (lambda rows, names: rows.__setitem__(names[0], rows[names[0]][:16]), r"shape \[16, 3\]"),
-    (lambda rows, names: rows.__setitem__(names[0], [r[:2] for r in rows[names[0]]]), r"shape \[17, 2\]"),
-    (lambda rows, names: rows[names[2]][5].__setitem__(0, float("nan")), "non-finite value at joint 5"),
+    (lambda rows, names: rows.__setitem__(names[0], [r[:2] for r in rows[names[0]]]),
+     r"shape \[17, 2\]"),
+    (lambda rows, names: rows[names[2]][5].__setitem__(0, float("nan")),
+     "non-finite value at joint 5"),
     (lambda rows, names: rows[names[2]][3].__setitem__(2, 1.5), "confidence 1.5 at joint 3"),
     (lambda rows, names: rows[names[0]][0].__setitem__(1, "up"), "non-numeric"),
 ])

@@ -8,8 +8,8 @@ import pytest
 
 from reid_export.synth import SynthConfig, build_world
 from reid_export.synth import skeleton as sk
-from reid_export.synth.render import (DECORATIONS, DETECTOR_THRESHOLD, JOINT_PARTS, OCCLUDED, OCCLUDERS,
-                                      OUTSIDE, SELF_OCCLUDED, VISIBLE, render_tracklet)
+from reid_export.synth.render import (DECORATIONS, DETECTOR_THRESHOLD, JOINT_PARTS, OCCLUDED,
+                                      OCCLUDERS, OUTSIDE, SELF_OCCLUDED, VISIBLE, render_tracklet)
 
 FACE = range(5)
 
@@ -43,7 +43,8 @@ def test_visible_joints_lie_on_their_own_parts(crop_range):
     """Each joint the detector reports as visible (confidence >= 0.5) sits on a pixel of the
     part it belongs to in the rendered part-label image (checked against Pillow's raster, which
     the visibility logic never reads)."""
-    world = _world(11, min_crop_height=crop_range[0], max_crop_height=crop_range[1], occlusion_rate=0.4)
+    world = _world(11, min_crop_height=crop_range[0], max_crop_height=crop_range[1],
+                   occlusion_rate=0.4)
     checked = total = 0
     wrong = []
     for job, t, labels, keypoints, _, _ in _frames(world):
@@ -91,7 +92,8 @@ def test_occluders_lower_confidences():
 def test_keypoint_format_follows_the_official_extractor():
     """Confidences in [0, 1]; undetected and out-of-crop joints are exactly [0, 0, 0]; other
     joints lie inside their crop; self-occluded joints get low (but kept) confidences."""
-    world = _world(14, min_crop_height=64, max_crop_height=200, keypoint_miss_rate=0.05, keypoint_noise=0.01)
+    world = _world(14, min_crop_height=64, max_crop_height=200, keypoint_miss_rate=0.05,
+                   keypoint_noise=0.01)
     seen = {VISIBLE: 0, SELF_OCCLUDED: 0, OUTSIDE: 0}
     for _, _, labels, keypoints, _, visibility in _frames(world):
         h, w = labels.shape
@@ -102,16 +104,19 @@ def test_keypoint_format_follows_the_official_extractor():
         assert np.all(zero[visibility == OUTSIDE])
         assert np.all((keypoints[~zero, 0] >= 0) & (keypoints[~zero, 0] < w))
         assert np.all((keypoints[~zero, 1] >= 0) & (keypoints[~zero, 1] < h))
-        assert np.all((confidence[visibility == SELF_OCCLUDED] >= 0.1) & (confidence[visibility == SELF_OCCLUDED] <= 0.4))
+        hidden = confidence[visibility == SELF_OCCLUDED]
+        assert np.all((hidden >= 0.1) & (hidden <= 0.4))
         for kind in seen:
             seen[kind] += int(np.sum(visibility == kind))
     assert all(count > 0 for count in seen.values()), seen
 
 
 def _render_view(world, identity, direction, frames, seed, elevation=0.0):
-    camera = dataclasses.replace(world.cameras[0], walk_direction_deg=direction, elevation_deg=elevation)
+    camera = dataclasses.replace(world.cameras[0], walk_direction_deg=direction,
+                                 elevation_deg=elevation)
     config = dataclasses.replace(world.config, viewpoint_spread=0.0)
-    return render_tracklet(identity, 0, camera, frames, config, np.random.default_rng(seed), debug=True)
+    return render_tracklet(identity, 0, camera, frames, config, np.random.default_rng(seed),
+                           debug=True)
 
 
 def test_gait_period_shows_in_the_ankles():

@@ -50,7 +50,8 @@ def test_cli_refuses_foreign_folders(tmp_path, capsys):
 
 def test_cli_writes_the_docs_pictures(tmp_path):
     pictures = tmp_path / "pictures"
-    assert main([str(tmp_path / "b"), "--preset", "tiny", "--quiet", "--pictures", str(pictures)]) == 0
+    argv = [str(tmp_path / "b"), "--preset", "tiny", "--quiet", "--pictures", str(pictures)]
+    assert main(argv) == 0
     names = sorted(p.name for p in pictures.iterdir())
     assert names == ["synth_contact_sheet.png", "synth_keypoints.png", "synth_part_labels.png"]
     for path in pictures.iterdir():

@@ -29,7 +29,8 @@ def _digests(root):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """The tiny benchmark, seed 3, written in-process."""
-    return generate(tmp_path_factory.mktemp("synth") / "bench", TINY, seed=3, progress=False, workers=1)
+    root = tmp_path_factory.mktemp("synth") / "bench"
+    return generate(root, TINY, seed=3, progress=False, workers=1)
 
 
 def test_same_seed_same_bytes_with_any_worker_count(bench, tmp_path, monkeypatch):
@@ -54,13 +55,15 @@ def test_layout_round_trip(bench):
     world = build_world(TINY, 3)
     found = {(t.path.parent.parent.name, t.pid, t.camid, t.meta["outfit"], t.num_frames): t
              for t in scan(bench)}
-    planned = {(job.split, job.pid, job.camid, job.outfit, job.num_frames): job for job in world.jobs}
+    planned = {(job.split, job.pid, job.camid, job.outfit, job.num_frames): job
+               for job in world.jobs}
     assert set(found) == set(planned)
     for key in sorted(planned)[:6]:
         job, tracklet = planned[key], found[key]
         assert tracklet.path.name == job.name and tracklet.frames[0].name == f"{job.name}F0000.jpg"
         rendered = world.render(job)
-        np.testing.assert_array_equal(load_keypoints(tracklet), rendered.keypoints.astype(np.float32))
+        np.testing.assert_array_equal(load_keypoints(tracklet),
+                                      rendered.keypoints.astype(np.float32))
         for path, frame, image in zip(tracklet.frames, load_frames(tracklet), rendered.frames):
             encoded = io.BytesIO()
             image.save(encoded, "JPEG", quality=TINY.jpeg_quality)
@@ -92,7 +95,8 @@ def test_splits_and_protocols(bench):
         assert record["splits"][split]["tracklets"] == len(ts)
         assert record["splits"][split]["frames"] == sum(t.num_frames for t in ts)
         assert record["splits"][split]["identities"] == len({t.pid for t in ts})
-    assert {t.meta["role"] for t in tracklets["gallery"]} == {"same_clothes", "clothes_change", "distractor"}
+    roles = {t.meta["role"] for t in tracklets["gallery"]}
+    assert roles == {"same_clothes", "clothes_change", "distractor"}
 
 
 def test_reuse_keeps_a_complete_benchmark(bench):
@@ -110,7 +114,8 @@ def test_incomplete_or_different_benchmarks_are_regenerated(tmp_path):
     assert _digests(root) == reference
     changed = TINY.with_values(num_test_ids=2)
     generate(root, changed, seed=5, progress=False, workers=1)
-    assert json.loads((root / "dataset.json").read_text())["generator"]["config"] == changed.to_dict()
+    record = json.loads((root / "dataset.json").read_text())
+    assert record["generator"]["config"] == changed.to_dict()
 
 
 def test_interrupted_run_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):

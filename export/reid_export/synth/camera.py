@@ -68,7 +68,8 @@ def sample_cameras(config, seed: int) -> list:
     n = config.num_cameras
     order_rng = np.random.default_rng([seed, 1, 0])
     # Dominant directions spread over half a turn (each tracklet may walk the other way too).
-    directions = (np.arange(n) * 180.0 / n + order_rng.uniform(0, 180.0 / n))[order_rng.permutation(n)]
+    spread = np.arange(n) * 180.0 / n + order_rng.uniform(0, 180.0 / n)
+    directions = spread[order_rng.permutation(n)]
     styles = [SCENE_STYLES[(i + int(order_rng.integers(len(SCENE_STYLES)))) % len(SCENE_STYLES)]
               for i in range(n)]
     log_lo, log_hi = math.log(config.min_crop_height), math.log(config.max_crop_height)
@@ -78,7 +79,8 @@ def sample_cameras(config, seed: int) -> list:
         # Each camera sees people at its own distance: a window of 60% of the log scale range.
         width = 0.6 * (log_hi - log_lo)
         centre = rng.uniform(log_lo + width / 2, log_hi - width / 2) if width > 0 else log_lo
-        crop_range = (math.exp(max(log_lo, centre - width / 2)), math.exp(min(log_hi, centre + width / 2)))
+        crop_range = (math.exp(max(log_lo, centre - width / 2)),
+                      math.exp(min(log_hi, centre + width / 2)))
         illum = config.illumination
         noise_sigma = config.noise * float(rng.uniform(1.0, 6.0))
         max_h = config.max_crop_height
@@ -148,7 +150,8 @@ def make_background(rng, style: str, clutter: float) -> np.ndarray:
             draw.rectangle([x, 0, x + bw, horizon + rng.uniform(0, 30)], fill=pick())
         else:  # horizontal band (rail, sign, shelf)
             top = rng.uniform(0, horizon)
-            draw.rectangle([x, top, x + rng.uniform(60, 300), top + rng.uniform(3, 12)], fill=pick())
+            right, bottom = x + rng.uniform(60, 300), top + rng.uniform(3, 12)
+            draw.rectangle([x, top, right, bottom], fill=pick())
     # Floor texture: tiles or paving lines getting wider towards the camera.
     line = tuple(int(v) for v in floor * 0.75)
     y, step = float(horizon), 4.0

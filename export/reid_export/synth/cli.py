@@ -36,12 +36,15 @@ def main(argv=None) -> int:
                         help="benchmark size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override one SynthConfig field, e.g. --set num_test_ids=50 (repeatable)")
+                        help="override one SynthConfig field, e.g. --set num_test_ids=50 "
+                             "(repeatable)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="render processes (default: all CPUs; the output does not depend on it)")
+                        help="render processes (default: all CPUs; the output does not depend "
+                             "on it)")
     parser.add_argument("--no-reuse", action="store_true", help="regenerate even if complete")
     parser.add_argument("--pictures", metavar="DIR",
-                        help="also write sample pictures (contact sheet, keypoints, part labels) here")
+                        help="also write sample pictures (contact sheet, keypoints, part "
+                             "labels) into this folder")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)

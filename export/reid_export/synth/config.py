@@ -78,40 +78,29 @@ class SynthConfig:
 
     def __post_init__(self):
         problems = []
-
-        def need(ok, what):
-            if not ok:
-                problems.append(what)
-
-        for name in ("num_train_ids", "num_test_ids", "num_distractor_ids",
-                     "gallery_clothes_change_per_id"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("train_tracklets_per_id", "queries_per_id", "gallery_same_clothes_per_id"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1 (got {getattr(self, name)})")
-        need(self.num_train_ids + self.num_test_ids + self.num_distractor_ids >= 1,
-             "the benchmark needs at least one identity")
-        need(self.num_cameras >= 1, f"num_cameras must be >= 1 (got {self.num_cameras})")
-        need(self.num_test_ids == 0 and self.num_distractor_ids == 0 or self.num_cameras >= 2,
-             "query and gallery come from different cameras: num_cameras must be >= 2 "
-             "when there are test or distractor identities")
-        need(1 <= self.min_frames <= self.max_frames <= 9999,
-             f"need 1 <= min_frames <= max_frames <= 9999 (got {self.min_frames}, {self.max_frames})")
-        need(32 <= self.min_crop_height <= self.max_crop_height <= 1024,
-             "need 32 <= min_crop_height <= max_crop_height <= 1024 "
-             f"(got {self.min_crop_height}, {self.max_crop_height})")
-        need(0.25 <= self.crop_aspect <= 1.0, f"crop_aspect must be in [0.25, 1] (got {self.crop_aspect})")
-        need(0 <= self.crop_jitter <= 0.2, f"crop_jitter must be in [0, 0.2] (got {self.crop_jitter})")
-        need(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100] (got {self.jpeg_quality})")
-        need(4 <= self.garment_palette_size <= 16,
-             f"garment_palette_size must be in [4, 16] (got {self.garment_palette_size})")
-        need(0 <= self.colour_jitter <= 0.3, f"colour_jitter must be in [0, 0.3] (got {self.colour_jitter})")
-        need(0 <= self.min_identity_distance <= 0.3,
-             f"min_identity_distance must be in [0, 0.3] (got {self.min_identity_distance})")
-        for name in ("train_second_outfit_share", "occlusion_rate", "keypoint_miss_rate"):
-            need(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1] (got {getattr(self, name)})")
-        for name in ("illumination", "blur", "noise", "clutter", "viewpoint_spread"):
-            need(0 <= getattr(self, name) <= 3, f"{name} must be in [0, 3] (got {getattr(self, name)})")
-        need(0 <= self.keypoint_noise <= 0.1, f"keypoint_noise must be in [0, 0.1] (got {self.keypoint_noise})")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric or (f.type is int and not isinstance(value, int)):
+                problems.append(f"{f.name} must be {f.type.__name__}, got {value!r}")
+            elif not _LIMITS[f.name][0] <= value <= _LIMITS[f.name][1]:
+                problems.append(f"{f.name} must be in [{_LIMITS[f.name][0]}, {_LIMITS[f.name][1]}] "
+                                f"(got {value})")
+            elif f.type is float:
+                object.__setattr__(self, f.name, float(value))  # 1 and 1.0: one config, one JSON
+        if not problems:
+            checks = (
+                (self.num_train_ids + self.num_test_ids + self.num_distractor_ids >= 1,
+                 "the benchmark needs at least one identity"),
+                (self.num_test_ids + self.num_distractor_ids == 0 or self.num_cameras >= 2,
+                 "query and gallery come from different cameras: num_cameras must be >= 2 "
+                 "when there are test or distractor identities"),
+                (self.min_frames <= self.max_frames,
+                 f"min_frames ({self.min_frames}) must not exceed max_frames ({self.max_frames})"),
+                (self.min_crop_height <= self.max_crop_height,
+                 f"min_crop_height ({self.min_crop_height}) must not exceed max_crop_height "
+                 f"({self.max_crop_height})"))
+            problems += [message for ok, message in checks if not ok]
         if problems:
             raise ValueError("invalid SynthConfig: " + "; ".join(problems))
 
@@ -140,6 +129,22 @@ class SynthConfig:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return replace(cls(**PRESETS[name]), **changes)
 
+
+_MANY = 10 ** 6
+#: Allowed range of every field.
+_LIMITS = {
+    "num_train_ids": (0, _MANY), "num_test_ids": (0, _MANY), "num_distractor_ids": (0, _MANY),
+    "num_cameras": (1, 99), "train_tracklets_per_id": (1, 1000),
+    "train_second_outfit_share": (0, 1), "queries_per_id": (1, 1000),
+    "gallery_same_clothes_per_id": (1, 1000), "gallery_clothes_change_per_id": (0, 1000),
+    "min_frames": (1, 9999), "max_frames": (1, 9999),  # frame numbers have 4 digits
+    "min_crop_height": (32, 1024), "max_crop_height": (32, 1024),
+    "crop_aspect": (0.25, 1.0), "crop_jitter": (0, 0.2), "jpeg_quality": (1, 100),
+    "garment_palette_size": (4, 16), "colour_jitter": (0, 0.3), "min_identity_distance": (0, 0.3),
+    "illumination": (0, 3), "blur": (0, 3), "noise": (0, 3), "clutter": (0, 3),
+    "viewpoint_spread": (0, 3), "occlusion_rate": (0, 1), "keypoint_noise": (0, 0.1),
+    "keypoint_miss_rate": (0, 1),
+}
 
 PRESETS = {
     "default": {},

@@ -167,7 +167,8 @@ def sample_outfit(rng, config, avoid: "Outfit | None" = None) -> Outfit:
         sleeves = _choice(rng, ("long", "short"))
         accessories = rng.random(3)
         hat, bag, backpack = accessories[0] < 0.2, accessories[1] < 0.25, accessories[2] < 0.25
-        code = (upper, upper_pattern, sleeves, lower, lower_style, lower_pattern, hat, bag, backpack)
+        code = (upper, upper_pattern, sleeves, lower, lower_style, lower_pattern, hat, bag,
+                backpack)
         if avoid is None or (upper != avoid.code[0] and
                              (lower != avoid.code[3] or lower_style != avoid.code[4])):
             break
@@ -195,7 +196,8 @@ def _sample_one(rng, config):
     skin = int(rng.integers(len(SKIN_TONES)))
     hair = int(rng.integers(len(HAIR_COLOURS)))
     body = Body(height_m=float(rng.uniform(1.5, 1.95)),
-                skin=_shade(rng, SKIN_TONES[skin], 0.04), hair=_shade(rng, HAIR_COLOURS[hair], 0.05),
+                skin=_shade(rng, SKIN_TONES[skin], 0.04),
+                hair=_shade(rng, HAIR_COLOURS[hair], 0.05),
                 hair_style=_choice(rng, HAIR_STYLES, HAIR_STYLE_WEIGHTS), **body_values)
     gait = Gait(**gait_values)
     first = sample_outfit(rng, config)

@@ -34,7 +34,7 @@ def _draw_keypoints(cell_image, keypoints, scale, offset):
     xy = [(offset[0] + x * scale, offset[1] + y * scale) for x, y, _ in keypoints]
     confidence = [c for _, _, c in keypoints]
     for a, b in SKELETON:
-        if confidence[a] > SELF_OCCLUDED_CONFIDENCE[0] and confidence[b] > SELF_OCCLUDED_CONFIDENCE[0]:
+        if min(confidence[a], confidence[b]) > SELF_OCCLUDED_CONFIDENCE[0]:
             draw.line([xy[a], xy[b]], fill=(255, 255, 255), width=1)
     for (x, y), c in zip(xy, confidence):
         if c <= 0:
@@ -55,7 +55,8 @@ def contact_sheet(world, path, num_identities: int = 6, frames_per_tracklet: int
     cw, ch = cell
     gap = 6
     group_width = frames_per_tracklet * cw + gap
-    sheet = Image.new("RGB", (len(ROLES) * group_width - gap, HEADER + len(pids) * (ch + 2)), BACKDROP)
+    size = (len(ROLES) * group_width - gap, HEADER + len(pids) * (ch + 2))
+    sheet = Image.new("RGB", size, BACKDROP)
     draw = ImageDraw.Draw(sheet)
     for column, (_, title) in enumerate(ROLES):
         draw.text((column * group_width + 2, 1), title, fill=(230, 230, 230))
@@ -81,7 +82,9 @@ def contact_sheet(world, path, num_identities: int = 6, frames_per_tracklet: int
 def _save(image, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    palette_image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                   dither=Image.Dither.NONE)
+    palette_image.save(path, optimize=True)
     return path
 
 

@@ -67,12 +67,16 @@ def _leg(body, swing, knee, hip):
 def _legs(body, gait, phase, hip_left):
     """Both legs for cycle phases `phase` [T]; hips at pelvis level with the pelvis at 0."""
     hip_offset = body.hip_width / 2 - 0.5 * body.leg_radius
-    knee_shape = lambda p: KNEE_REST_FLEX + gait.knee_flex * np.maximum(0.0, np.cos(2 * np.pi * p)) ** 1.5  # noqa: E731
     legs = {}
-    for side, sign, leg_phase, amplitude in (("L", 1.0, phase, gait.hip_swing),
-                                             ("R", -1.0, phase + 0.5, gait.hip_swing * (1 - gait.asymmetry))):
+    for side, sign, leg_phase, amplitude in (
+            ("L", 1.0, phase, gait.hip_swing),
+            ("R", -1.0, phase + 0.5, gait.hip_swing * (1 - gait.asymmetry))):
         hip = sign * hip_offset * hip_left
-        legs[side] = (hip,) + _leg(body, amplitude * np.sin(2 * np.pi * leg_phase), knee_shape(leg_phase), hip)
+        swing = amplitude * np.sin(2 * np.pi * leg_phase)
+        # The knee bends while the leg swings forward (cos > 0), most at mid-swing.
+        swinging = np.maximum(0.0, np.cos(2 * np.pi * leg_phase))
+        knee = KNEE_REST_FLEX + gait.knee_flex * swinging ** 1.5
+        legs[side] = (hip,) + _leg(body, swing, knee, hip)
     return legs
 
 
@@ -105,11 +109,9 @@ def walk(body, gait, phase: np.ndarray) -> Pose:
     points = np.zeros((t, NUM_POINTS, 3))
     points[:, PELVIS] = pelvis
     points[:, NECK] = neck
-    for side, sign, hip_i, knee_i, ankle_i, heel_i, toe_i in (
-            ("L", 1.0, L_HIP, L_KNEE, L_ANKLE, L_HEEL, L_TOE),
-            ("R", -1.0, R_HIP, R_KNEE, R_ANKLE, R_HEEL, R_TOE)):
-        hip, knee, ankle, heel, toe, _ = legs[side]
-        for index, point in ((hip_i, hip), (knee_i, knee), (ankle_i, ankle), (heel_i, heel), (toe_i, toe)):
+    for side, indices in (("L", (L_HIP, L_KNEE, L_ANKLE, L_HEEL, L_TOE)),
+                          ("R", (R_HIP, R_KNEE, R_ANKLE, R_HEEL, R_TOE))):
+        for index, point in zip(indices, legs[side][:5]):
             points[:, index] = pelvis + point
 
     # Arms swing with the opposite leg; the elbow bends more when the arm is forward.
@@ -121,9 +123,10 @@ def walk(body, gait, phase: np.ndarray) -> Pose:
         swing_wave = np.sin(2 * np.pi * (leg_phase + gait.arm_lag))
         swing = gait.arm_swing * swing_wave
         elbow_angle = swing + np.maximum(0.02, gait.elbow_flex * (1.0 + 0.6 * swing_wave))
-        upper = _vec(np.sin(swing) * math.cos(ab), -np.cos(swing) * math.cos(ab), sign * math.sin(ab))
-        lower = _vec(np.sin(elbow_angle) * math.cos(ab), -np.cos(elbow_angle) * math.cos(ab),
-                     sign * math.sin(ab))
+        outward = sign * math.sin(ab)
+        hanging = math.cos(ab)
+        upper = _vec(np.sin(swing) * hanging, -np.cos(swing) * hanging, outward)
+        lower = _vec(np.sin(elbow_angle) * hanging, -np.cos(elbow_angle) * hanging, outward)
         shoulder = neck + sign * shoulder_offset * shoulder_left - 0.02 * torso_up
         elbow = shoulder + body.upper_arm_length * upper
         wrist = elbow + body.forearm_length * lower

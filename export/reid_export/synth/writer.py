@@ -78,7 +78,8 @@ class World:
     def render(self, job: TrackletJob, debug: bool = False):
         """The job's tracklet (a RenderedTracklet); its random stream is (seed, pool, identity,
         tracklet number), independent of every other tracklet."""
-        rng = np.random.default_rng([self.seed, 4, POOLS.index(job.pool), job.identity_index, job.number])
+        stream = [self.seed, 4, POOLS.index(job.pool), job.identity_index, job.number]
+        rng = np.random.default_rng(stream)
         identity = self.identities[job.pool][job.identity_index]
         return render_tracklet(identity, job.outfit, self.cameras[job.camid], job.num_frames,
                                self.config, rng, debug=debug)
@@ -96,7 +97,8 @@ def build_world(config: SynthConfig | None = None, seed: int = 0) -> World:
     seed = _check_seed(seed)
     cameras = sample_cameras(config, seed)
     test = sample_identities(np.random.default_rng([seed, 2, 0]), config, config.num_test_ids)
-    train = sample_identities(np.random.default_rng([seed, 2, 1]), config, config.num_train_ids, avoid=test)
+    train = sample_identities(np.random.default_rng([seed, 2, 1]), config, config.num_train_ids,
+                              avoid=test)
     distractor = sample_identities(np.random.default_rng([seed, 2, 2]), config,
                                    config.num_distractor_ids, avoid=test + train)
     identities = {"test": [i for i, _ in test], "train": [i for i, _ in train],
@@ -219,9 +221,9 @@ def _on_disk_counts(root: Path, split: str):
             continue
         for folder in os.scandir(person.path):
             if folder.is_dir():
-                count = sum(1 for entry in os.scandir(folder.path) if entry.name.endswith(FRAME_SUFFIX))
                 tracklets += 1
-                frames += count
+                frames += sum(entry.name.endswith(FRAME_SUFFIX)
+                              for entry in os.scandir(folder.path))
     return tracklets, frames
 
 
@@ -277,8 +279,9 @@ class _Progress:
         if self.enabled and (now - self.last > 1.0 or self.tracklets == self.total):
             self.last = now
             rate = self.frames / max(now - self.start, 1e-9)
-            print(f"synth: {self.tracklets}/{self.total} tracklets, {self.frames}/{self.total_frames} "
-                  f"frames, {rate:.0f} frames/s", file=sys.stderr, flush=True)
+            print(f"synth: {self.tracklets}/{self.total} tracklets, "
+                  f"{self.frames}/{self.total_frames} frames, {rate:.0f} frames/s",
+                  file=sys.stderr, flush=True)
 
     @property
     def seconds(self):
