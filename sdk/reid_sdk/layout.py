@@ -143,7 +143,7 @@ def load_frames(tracklet: Tracklet) -> list[np.ndarray]:
     for path in tracklet.frames:
         try:
             with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+                frames.append(np.array(image.convert("RGB")))
         except (OSError, UnidentifiedImageError) as error:
             raise InputError(f"cannot read frame {path}: {error}; replace or remove the "
                              "file") from error

@@ -63,6 +63,7 @@ def test_frames_load_in_name_order_as_rgb(tmp_path, rng):
     assert [p.name for p in tracklet.frames] == ["f01.png", "f02.png", "f10.png"]
     frames = load_frames(tracklet)
     np.testing.assert_array_equal(frames[0], written["f01.png"])
+    assert all(frame.dtype == np.uint8 and frame.flags.writeable for frame in frames)
     assert frames[1].shape == (40, 20, 3) and np.all(frames[1][..., 0] == frames[1][..., 2])
     (folder / "f10.png").write_bytes(b"broken")
     with pytest.raises(InputError, match="f10.png"):

@@ -2,4 +2,6 @@ import sys
 
 from reid_export.synth.cli import main
 
-sys.exit(main())
+# Guarded: worker processes (spawn) import this module again and must not run the CLI.
+if __name__ == "__main__":
+    sys.exit(main())
