@@ -2,7 +2,7 @@
 Pillow only).
 
     tracklets = scan("bench/query")            # every tracklet folder under a root, sorted
-    frames = load_frames(tracklets[0])         # list of uint8 [H, W, 3] RGB arrays
+    frames = load_frames(tracklets[0])         # list of uint8 [H, W, 3] RGB arrays (load_image: one)
     keypoints = load_keypoints(tracklets[0])   # float32 [T, 17, 3] (x, y, conf) or None
 
 A tracklet folder is any folder that directly holds image files; frames are taken in sorted
@@ -135,19 +135,22 @@ def scan(root) -> list[Tracklet]:
     return tracklets
 
 
-def load_frames(tracklet: Tracklet) -> list[np.ndarray]:
-    """The tracklet's frames as uint8 [H, W, 3] RGB arrays (sizes may differ between frames)."""
+def load_image(path) -> np.ndarray:
+    """One frame as a uint8 [H, W, 3] RGB array (grey, palette and RGBA images are converted
+    as PIL's convert("RGB") does). Raises InputError naming the file when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
-    frames = []
-    for path in tracklet.frames:
-        try:
-            with Image.open(path) as image:
-                frames.append(np.array(image.convert("RGB")))
-        except (OSError, UnidentifiedImageError) as error:
-            raise InputError(f"cannot read frame {path}: {error}; replace or remove the "
-                             "file") from error
-    return frames
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise InputError(f"cannot read frame {path}: {error}; replace or remove the "
+                         "file") from error
+
+
+def load_frames(tracklet: Tracklet) -> list[np.ndarray]:
+    """The tracklet's frames as uint8 [H, W, 3] RGB arrays (sizes may differ between frames)."""
+    return [load_image(path) for path in tracklet.frames]
 
 
 def load_keypoints(tracklet: Tracklet) -> np.ndarray | None:

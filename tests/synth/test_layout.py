@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from reid_sdk.errors import InputError
-from reid_sdk.layout import (Tracklet, load_frames, load_keypoints, parse_tracklet_name, scan,
-                             tracklet_name)
+from reid_sdk.layout import (Tracklet, load_frames, load_image, load_keypoints,
+                             parse_tracklet_name, scan, tracklet_name)
 
 
 def _frame(path, rng, size=(20, 40)):
@@ -65,6 +65,9 @@ def test_frames_load_in_name_order_as_rgb(tmp_path, rng):
     np.testing.assert_array_equal(frames[0], written["f01.png"])
     assert all(frame.dtype == np.uint8 and frame.flags.writeable for frame in frames)
     assert frames[1].shape == (40, 20, 3) and np.all(frames[1][..., 0] == frames[1][..., 2])
+    rgba = np.dstack([written["f01.png"], np.full((40, 20), 7, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "alpha.png"), written["f01.png"])
     (folder / "f10.png").write_bytes(b"broken")
     with pytest.raises(InputError, match="f10.png"):
         load_frames(tracklet)
