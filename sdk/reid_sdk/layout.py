@@ -2,7 +2,7 @@
 Pillow only).
 
     tracklets = scan("bench/query")            # every tracklet folder under a root, sorted
-    frames = load_frames(tracklets[0])         # list of uint8 [H, W, 3] RGB arrays (load_image: one)
+    frames = load_frames(tracklets[0])         # uint8 [H, W, 3] RGB arrays (load_image: one)
     keypoints = load_keypoints(tracklets[0])   # float32 [T, 17, 3] (x, y, conf) or None
 
 A tracklet folder is any folder that directly holds image files; frames are taken in sorted
