@@ -433,6 +433,11 @@ def load_checkpoint(path, arch=None, preset=None, *, backbone_path=None, map_loc
         if detected not in ARCHS:
             raise CheckpointError(f"{path} is for arch {detected!r}, which this version does not "
                                   f"know ({', '.join(ARCHS)}); upgrade reid-export")
+    elif arch is not None and not arch_module(arch).matches(state):
+        # Name the other architecture if it is one; otherwise the arch's own config inference
+        # reports which of its keys are missing.
+        others = [a for a in ARCHS if a != arch and arch_module(a).matches(state)]
+        detected = others[0] if others else arch
     else:
         detected = _detect_arch(state, path)
     if arch is not None and arch != detected:
@@ -481,8 +486,8 @@ def save_checkpoint(model, path) -> Path:
 
     path = Path(path)
     config = dict(getattr(model, "reid_config", None) or {})
-    arch = config.pop("arch", None)
-    if arch not in ARCHS:
+    arch = config.pop("arch", None) or type(model).__module__.rsplit(".", 1)[-1]
+    if not config or arch not in ARCHS:
         raise CheckpointError("model has no reid_config with a known arch: build it with "
                               "reid_export.models.create() or load_checkpoint()")
     module = arch_module(arch)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -70,12 +71,17 @@ QUICK_GELU_ALPHA = 1.702
 # ------------------------------------------------------------------------------------------------
 # Building blocks (official models/vision_transformer.py)
 # ------------------------------------------------------------------------------------------------
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 class LayerNormFp32(nn.LayerNorm):
-    """LayerNorm computed in fp32 with fp32 weights, result cast back to the input dtype."""
+    """LayerNorm computed in fp32 (fp64 for fp64 input), result cast back to the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
-                            self.bias.float(), self.eps).to(x.dtype)
+        dtype = _at_least_fp32(x.dtype)
+        return F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype),
+                            self.bias.to(dtype), self.eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
@@ -174,7 +180,8 @@ class ClipVisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor, taps: int):
         """images [N, 3, H, W] -> the last ``taps`` blocks as (out [N, L, C],
-        q [N, L, H, dh], k [N, L, H, dh]) in fp32 (computed in the Linear weights' dtype)."""
+        q [N, L, H, dh], k [N, L, H, dh]) in fp32 (computed in the Linear weights' dtype;
+        fp64 stays fp64)."""
         x = self.patch_embed(images.to(self.patch_embed.proj.weight.dtype))
         cls = self.cls_token.view(1, 1, -1).expand(x.shape[0], 1, -1)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embed)
@@ -183,7 +190,8 @@ class ClipVisionTransformer(nn.Module):
         for index, block in enumerate(self.blocks):
             x, q, k = block(x)
             if index >= first_tap:
-                tapped.append((x.float(), q.float(), k.float()))
+                dtype = _at_least_fp32(x.dtype)
+                tapped.append((x.to(dtype), q.to(dtype), k.to(dtype)))
         return tapped
 
 
@@ -294,7 +302,7 @@ class AbsolutePositionalEmbedding(nn.Module):
 
 class TokenSelfAttention(nn.Module):
     """x-transformers ``Attention`` as HAMoBE configures it: no norm, bias-free projections,
-    logits (q k^T) * dh^-0.5, softmax in fp32, dropout 0."""
+    logits (q k^T) * dh^-0.5, softmax in fp32 (fp64 for fp64 input), dropout 0."""
 
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
@@ -311,7 +319,7 @@ class TokenSelfAttention(nn.Module):
         q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
                    for proj in (self.to_q, self.to_k, self.to_v))
         logits = (q @ k.transpose(-1, -2)) * self.scale
-        weights = logits.softmax(dim=-1, dtype=torch.float32).to(logits.dtype)
+        weights = logits.softmax(dim=-1, dtype=_at_least_fp32(logits.dtype)).to(logits.dtype)
         return self.to_out((weights @ v).transpose(1, 2).flatten(-2))
 
 
@@ -566,7 +574,8 @@ def _init_weights(model: HAMoBE) -> None:
     """Fill every parameter and buffer once: PyTorch's default initialisation, except where the
     official code initialises otherwise (attention and MLP Linears of the backbone and the pose
     decoder; cls/pos embeddings; w1/w2, temporal position embeddings and the pose cls_token
-    are zero there, as here; bn.weight ~ N(1, 0.02))."""
+    are zero there, as here; bn.weight ~ N(1, 0.02)); the patch bias starts at zero, as every
+    official model has it (CLIP's conv1 has no bias)."""
     zero_bias, tiny_bias = set(), set()
     for owner in list(model.backbone.blocks) + [model.moe_pose.pose_agg]:
         attn = owner.attn
@@ -583,6 +592,7 @@ def _init_weights(model: HAMoBE) -> None:
             module.reset_parameters()
     nn.init.normal_(model.backbone.cls_token, std=0.02)
     nn.init.normal_(model.backbone.pos_embed, std=0.02)
+    nn.init.zeros_(model.backbone.patch_embed.proj.bias)  # as loaded from CLIP (bias-free conv1)
     for cross in model.decoder.cross_attention:
         nn.init.zeros_(cross.w1)
         nn.init.zeros_(cross.w2)
@@ -835,15 +845,21 @@ def save_openai_clip(path, backbone_state: dict, config: dict, *, torchscript: b
     if torchscript:
         images = torch.zeros(1, 3, config["image_size"], config["image_size"])
         text = torch.zeros(1, clip.context_length, dtype=torch.int64)
-        # check_trace off: MultiheadAttention's fast path makes re-traces differ textually.
-        traced = torch.jit.trace_module(clip, {"forward": (images, text),
-                                               "encode_image": (images,)}, check_trace=False)
+        with warnings.catch_warnings():
+            # TorchScript is the format being written; its deprecation and tracer notes are
+            # expected. check_trace off: MultiheadAttention's fast path makes re-traces differ
+            # textually.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace_module(clip, {"forward": (images, text),
+                                                   "encode_image": (images,)},
+                                            check_trace=False)
         traced.save(str(path))
     else:
         torch.save(clip.state_dict(), str(path))
 
 
-__all__ = ["ARCH", "PRESETS", "HAMoBE", "build", "build_empty", "matches", "config_from_state_dict",
-           "checkpoint_state_dict", "backbone_keys", "set_backbone_dtype", "clip_backbone_state",
-           "save_openai_clip",
+__all__ = ["ARCH", "PRESETS", "CHECKPOINT_FIELDS", "HAMoBE", "build", "build_empty", "matches",
+           "config_from_state_dict", "checkpoint_state_dict", "backbone_keys",
+           "set_backbone_dtype", "clip_backbone_state", "save_openai_clip",
            "relative_canvas_index"]
