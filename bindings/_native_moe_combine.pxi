@@ -69,8 +69,8 @@ def moe_combine(experts, gate_logits, out, *, softmax=True, stream=0):
                          f"{list(ex.shape)}) but gate_logits has {gate.shape[-2]} (axis -2 of "
                          f"{list(gate.shape)}); they must be equal")
     if not 1 <= num_experts <= REID_MOE_MAX_EXPERTS:
-        raise ValueError(f"MoECombine: E={num_experts}; the kernel supports 1..{REID_MOE_MAX_EXPERTS}"
-                         " experts")
+        raise ValueError(f"MoECombine: E={num_experts}; the kernel supports "
+                         f"1..{REID_MOE_MAX_EXPERTS} experts")
     if num_outputs > REID_MOE_MAX_OUTPUTS:
         raise ValueError(f"MoECombine: J={num_outputs}; the kernel supports at most "
                          f"{REID_MOE_MAX_OUTPUTS} outputs (split the gate along J)")

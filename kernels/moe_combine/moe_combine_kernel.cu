@@ -1,9 +1,10 @@
-// MoECombine: out[..., c, j] = sum_m experts[..., c, m] * w[..., m, j], w = softmax_m(gate[..., m, j])
-// (or the gate itself). Purely memory-bound: every experts element is read once, every output
-// element written once, and each token's gate column is read and softmaxed once.
+// MoECombine: out[..., c, j] = sum_m experts[..., c, m] * w[..., m, j], with
+// w = softmax over m of gate[..., m, j] (or the gate itself). Purely memory-bound: every experts
+// element is read once, every output element written once, and each token's gate column is read
+// and softmaxed once.
 //
-// Work decomposition: a block handles a tile of `tokens_per_block` tokens. Its threads first stage
-// the tile's per-token offsets and gate weights in shared memory (one thread per (token, j)
+// Work decomposition: each block handles one tile of `tokens_per_block` tokens. Its threads first
+// stage the tile's per-token offsets and gate weights in shared memory (one thread per (token, j)
 // column: load E logits, subtract their max, exp, normalise), then process the tile's items:
 //  * vectorised path (rows dense, C a multiple of CH = 16 / sizeof(T), 16-byte aligned tokens,
 //    E <= 8, J <= 4): an item is a chunk of CH consecutive channels. Its experts are CH * E
@@ -279,51 +280,46 @@ __device__ __forceinline__ ChunkRef<T> locate_chunk(const MoeParams& p, const T*
     return {tok, experts + off.experts + chunk * (kCh * kE), out + off.out + chunk * (kCh * kJ)};
 }
 
-// kVectorised: an item is a chunk of CH channels and kE / kJ are E and J. Generic (kE = kJ = 0):
-// an item is one channel and E, J come from the params.
+// One block per tile of tokens. kVectorised: an item is a chunk of CH channels and kE / kJ are E
+// and J. Generic (kE = kJ = 0): an item is one channel and E, J come from the params.
 template <typename T, bool kVectorised, int kE, int kJ>
 __global__ void __launch_bounds__(kMoeBlockThreads, kVectorised ? moe_min_blocks<T, kE, kJ>() : 3)
     moe_combine_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
                        const T* __restrict__ gate, T* __restrict__ out) {
     const TileShared tile = tile_shared(p.tokens_per_block);
-    const int64_t num_tiles = (p.num_tokens + p.tokens_per_block - 1) / p.tokens_per_block;
-
-    for (int64_t t = blockIdx.x; t < num_tiles; t += gridDim.x) {
-        const int64_t first_token = t * p.tokens_per_block;
-        const int64_t tokens_left = p.num_tokens - first_token;
-        const int tile_tokens = static_cast<int>(
-            tokens_left < p.tokens_per_block ? tokens_left : p.tokens_per_block);
-        const int items = tile_tokens * p.items_per_token;
-        if constexpr (kVectorised) {
-            const int first_item = threadIdx.x;
-            Vec chunk[kE];
-            ChunkRef<T> ref{0, nullptr, nullptr};
-            if (first_item < items) {
-                ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, first_item);
+    const int64_t first_token = static_cast<int64_t>(blockIdx.x) * p.tokens_per_block;
+    const int64_t tokens_left = p.num_tokens - first_token;
+    const int tile_tokens =
+        static_cast<int>(tokens_left < p.tokens_per_block ? tokens_left : p.tokens_per_block);
+    const int items = tile_tokens * p.items_per_token;
+    if constexpr (kVectorised) {
+        const int first_item = threadIdx.x;
+        Vec chunk[kE];
+        ChunkRef<T> ref{0, nullptr, nullptr};
+        if (first_item < items) {
+            ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, first_item);
+            load_chunk<T, kE>(ref.experts, chunk);
+        }
+        stage_tile(p, gate, first_token, tile_tokens, tile);
+        __syncthreads();
+        for (int item = first_item; item < items; item += blockDim.x) {
+            if (item != first_item) {
+                ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, item);
                 load_chunk<T, kE>(ref.experts, chunk);
             }
-            stage_tile(p, gate, first_token, tile_tokens, tile);
-            __syncthreads();
-            for (int item = first_item; item < items; item += blockDim.x) {
-                if (item != first_item) {
-                    ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, item);
-                    load_chunk<T, kE>(ref.experts, chunk);
-                }
-                combine_chunk<T, kE, kJ>(chunk, tile.weights + ref.tok * (kE * kJ), ref.out);
-            }
-        } else {
-            stage_tile(p, gate, first_token, tile_tokens, tile);
-            __syncthreads();
-            const int weights_per_token = p.num_experts * p.num_outputs;
-            for (int item = threadIdx.x; item < items; item += blockDim.x) {
-                const int tok = item / p.items_per_token;
-                const int64_t channel = item - tok * p.items_per_token;
-                combine_row(p, experts + tile.experts_off[tok] + channel * p.experts_stride_c,
-                            tile.weights + tok * weights_per_token,
-                            out + tile.out_off[tok] + channel * p.out_stride_c);
-            }
+            combine_chunk<T, kE, kJ>(chunk, tile.weights + ref.tok * (kE * kJ), ref.out);
         }
-        __syncthreads();  // the next tile overwrites the staged offsets and weights
+    } else {
+        stage_tile(p, gate, first_token, tile_tokens, tile);
+        __syncthreads();
+        const int weights_per_token = p.num_experts * p.num_outputs;
+        for (int item = threadIdx.x; item < items; item += blockDim.x) {
+            const int tok = item / p.items_per_token;
+            const int64_t channel = item - tok * p.items_per_token;
+            combine_row(p, experts + tile.experts_off[tok] + channel * p.experts_stride_c,
+                        tile.weights + tok * weights_per_token,
+                        out + tile.out_off[tok] + channel * p.out_stride_c);
+        }
     }
 }
 
@@ -333,7 +329,8 @@ using MoeKernel = void (*)(MoeParams, const T*, const T*, T*);
 // Vectorised kernels for every (E, J) within the vectorised limits, indexed
 // (E - 1) * kMoeMaxVectorisedOutputs + J - 1.
 template <typename T, int... kIndex>
-std::array<MoeKernel<T>, sizeof...(kIndex)> vectorised_kernels(std::integer_sequence<int, kIndex...>) {
+std::array<MoeKernel<T>, sizeof...(kIndex)> vectorised_kernels(
+    std::integer_sequence<int, kIndex...>) {
     return {{&moe_combine_kernel<T, true, kIndex / kMoeMaxVectorisedOutputs + 1,
                                  kIndex % kMoeMaxVectorisedOutputs + 1>...}};
 }
@@ -346,9 +343,10 @@ TokenLayout merge_token_axes(const reid_moe_combine_desc& desc) {
     for (int i = desc.num_lead_dims - 1; i >= 0; --i) {
         const int64_t size = desc.lead_shape[i];
         if (size == 1) continue;
-        if (n > 0 && desc.experts_lead_strides[i] == layout.experts_stride[n - 1] * layout.shape[n - 1] &&
-            desc.gate_lead_strides[i] == layout.gate_stride[n - 1] * layout.shape[n - 1] &&
-            desc.out_lead_strides[i] == layout.out_stride[n - 1] * layout.shape[n - 1]) {
+        const int64_t inner = n > 0 ? layout.shape[n - 1] : 0;
+        if (n > 0 && desc.experts_lead_strides[i] == layout.experts_stride[n - 1] * inner &&
+            desc.gate_lead_strides[i] == layout.gate_stride[n - 1] * inner &&
+            desc.out_lead_strides[i] == layout.out_stride[n - 1] * inner) {
             layout.shape[n - 1] *= static_cast<uint32_t>(size);
             continue;
         }
@@ -370,7 +368,8 @@ template <typename T>
 bool can_vectorise(const reid_moe_combine_desc& desc, const TokenLayout& layout,
                    const void* experts, const void* out) {
     constexpr int64_t kCh = Lanes<T>::kCount;
-    if (desc.num_experts > kMoeMaxVectorisedExperts || desc.num_outputs > kMoeMaxVectorisedOutputs) {
+    if (desc.num_experts > kMoeMaxVectorisedExperts ||
+        desc.num_outputs > kMoeMaxVectorisedOutputs) {
         return false;
     }
     const bool dense_rows = desc.channels % kCh == 0 && desc.experts_stride_c == desc.num_experts &&
@@ -429,7 +428,8 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     const bool vectorised = can_vectorise<T>(*desc, p.tokens, experts, out);
     const int64_t items_per_token = vectorised ? desc->channels / Lanes<T>::kCount : desc->channels;
     const int64_t tokens_per_block = std::max<int64_t>(
-        1, std::min<int64_t>({kMoeBlockThreads / items_per_token, kMoeMaxTokensPerBlock, num_tokens}));
+        1, std::min<int64_t>(
+               {kMoeBlockThreads / items_per_token, kMoeMaxTokensPerBlock, num_tokens}));
     if (items_per_token * tokens_per_block > std::numeric_limits<int32_t>::max()) {
         return REID_ERROR_UNSUPPORTED_SHAPE;
     }
@@ -437,11 +437,11 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     p.tokens_per_block = static_cast<int32_t>(tokens_per_block);
 
     const int64_t num_tiles = (num_tokens + tokens_per_block - 1) / tokens_per_block;
-    const unsigned grid = static_cast<unsigned>(
-        std::min<int64_t>(num_tiles, std::numeric_limits<int32_t>::max()));
+    if (num_tiles > std::numeric_limits<int32_t>::max()) return REID_ERROR_UNSUPPORTED_SHAPE;
+    const unsigned grid = static_cast<unsigned>(num_tiles);
+    const size_t weights_per_token = static_cast<size_t>(desc->num_experts * desc->num_outputs);
     const size_t shared_bytes = static_cast<size_t>(tokens_per_block) *
-                                (2 * sizeof(int64_t) +
-                                 static_cast<size_t>(desc->num_experts * desc->num_outputs) * sizeof(float));
+                                (2 * sizeof(int64_t) + weights_per_token * sizeof(float));
 
     MoeKernel<T> kernel = &moe_combine_kernel<T, false, 0, 0>;
     if (vectorised) {
@@ -449,8 +449,9 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
             std::make_integer_sequence<int, kMoeMaxVectorisedExperts * kMoeMaxVectorisedOutputs>{});
         kernel = table[(desc->num_experts - 1) * kMoeMaxVectorisedOutputs + desc->num_outputs - 1];
     }
-    kernel<<<grid, kMoeBlockThreads, shared_bytes, stream>>>(
-        p, static_cast<const T*>(experts), static_cast<const T*>(gate_logits), static_cast<T*>(out));
+    kernel<<<grid, kMoeBlockThreads, shared_bytes, stream>>>(p, static_cast<const T*>(experts),
+                                                             static_cast<const T*>(gate_logits),
+                                                             static_cast<T*>(out));
     REID_RETURN_IF_LAUNCH_FAILED();
     return 0;
 }

@@ -1,0 +1,97 @@
+// Runs kernels/moe_combine/moe_combine_kernel.cu on the CPU: its host launcher (argument checks,
+// axis merging, path choice, grid) and its kernels, one block after another with one std::thread
+// per CUDA thread. The test generates kernel_source.cpp from the .cu, redirecting only the launch
+// syntax and the dynamic shared memory declaration to emulated_launch / emulated_moe_shared, and
+// calls the library's own reid_moe_combine_* entry points through ctypes on host memory.
+// The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads) come from the KeypointPatchPool
+// emulation's shim; this file adds what MoECombine uses beyond them.
+#define __grid_constant__  // before the CUDA headers: kernel parameters are plain values here
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "cuda_shim.h"
+
+inline EmulatedDim gridDim;
+inline float4* emulated_moe_shared = nullptr;
+
+inline uint4 __ldcs(const uint4* address) { return *address; }
+
+inline float __uint_as_float(unsigned bits) {
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+inline unsigned __float_as_uint(float value) {
+    unsigned bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+// An emulated launch finishes before it returns, so there is never a pending launch error.
+extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+
+// The kernel and grid of the last launch (null / 0: nothing was launched since the reset).
+inline const void* emulated_last_kernel = nullptr;
+inline unsigned emulated_last_grid = 0;
+
+// Runs `kernel` over `grid` blocks of `threads` threads. Shared memory starts as NaN garbage for
+// every block, as stale data from another block would on a GPU.
+template <typename... Params, typename... Args>
+void emulated_launch(void (*kernel)(Params...), unsigned grid, int threads, size_t shared_bytes,
+                     cudaStream_t, Args... args) {
+    std::vector<float4> shared(shared_bytes / sizeof(float4) + 1);
+    emulated_moe_shared = shared.data();
+    gridDim.x = grid;
+    blockDim.x = static_cast<unsigned>(threads);
+    emulated_last_kernel = reinterpret_cast<const void*>(kernel);
+    emulated_last_grid = grid;
+    std::barrier<> block_barrier(threads);
+    emulated_block_barrier = &block_barrier;
+    const float garbage = std::numeric_limits<float>::quiet_NaN();
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            threadIdx.x = static_cast<unsigned>(t);
+            for (unsigned block = 0; block < grid; ++block) {
+                if (t == 0) {
+                    blockIdx.x = block;
+                    std::fill(shared.begin(), shared.end(),
+                              float4{garbage, garbage, garbage, garbage});
+                }
+                block_barrier.arrive_and_wait();
+                kernel(args...);
+                block_barrier.arrive_and_wait();
+            }
+        });
+    }
+    for (auto& worker : workers) worker.join();
+}
+
+#include "kernel_source.cpp"
+
+extern "C" size_t emulated_desc_size() { return sizeof(reid_moe_combine_desc); }
+
+extern "C" void emulated_reset() {
+    emulated_last_kernel = nullptr;
+    emulated_last_grid = 0;
+}
+
+extern "C" unsigned emulated_last_launch_grid() { return emulated_last_grid; }
+
+// -1: nothing launched; 0: the generic kernel; 1: a vectorised kernel.
+extern "C" int emulated_last_launch_vectorised() {
+    if (emulated_last_kernel == nullptr) return -1;
+    const void* generic[] = {
+        reinterpret_cast<const void*>(&reid::moe_combine_kernel<float, false, 0, 0>),
+        reinterpret_cast<const void*>(&reid::moe_combine_kernel<__half, false, 0, 0>),
+        reinterpret_cast<const void*>(&reid::moe_combine_kernel<__nv_bfloat16, false, 0, 0>)};
+    for (const void* kernel : generic) {
+        if (kernel == emulated_last_kernel) return 0;
+    }
+    return 1;
+}
