@@ -1,0 +1,183 @@
+"""MoECombine on the GPU at HAMoBE's shape: achieved bandwidth as a fraction of the device's
+measured copy bandwidth, and the speedup over the official HAMoBE formulation and over a plain
+torch.einsum.
+
+    python benchmarks/bench_moe_combine.py                 # leading 256 x 257, C=512, E=8, J=3
+    python benchmarks/bench_moe_combine.py --reps 50 --sets 2
+
+Shape: HAMoBE's first-level mixture with B=32 clips of T=8 frames (256 x 257 tokens), experts
+[32, 8, 257, 512, 8], gate logits [32, 8, 257, 8, 3] -> [32, 8, 257, 512, 3]. The op is purely
+memory-bound; its bytes are experts + gate read once and out written once. Copy bandwidth: a
+large device-to-device copy, read + write bytes. Times: median of CUDA-event intervals after
+warm-up, rotating through several input sets (each far larger than L2) so no run reads what the
+previous one left in cache. Ours runs through torch.ops.reid.moe_combine (allocation and launch
+included). Target: >= 0.85 of the copy bandwidth in fp16 and fp32.
+
+Baselines (both include the softmax, as the op does):
+  * official HAMoBE: models/vid_resnet.py FirstMoE.forward of GeoGebra2/hamobe softmaxes the
+    gate over E, expands it along the 512 channels and contracts with
+    einsum('ijklnm,ijklmo->ijklno') on experts.unsqueeze(-2); reproduced here in our own code.
+  * torch.einsum('...cm,...mj->...cj', experts, softmax(gate, dim=-2)).
+Extra row: our generic (strided) path on E-major experts, for reference.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+HAMOBE_LEAD = (32, 8, 257)  # B clips x T frames x 257 tokens = 256 x 257 token rows
+HAMOBE_CHANNELS, HAMOBE_EXPERTS, HAMOBE_OUTPUTS = 512, 8, 3
+COPY_BYTES = 1 << 30
+TARGET_FRACTION = 0.85
+
+
+def official_hamobe_combine(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+    """HAMoBE FirstMoE's combine: experts [B,T,L,C,E], gate [B,T,L,E,J] -> [B,T,L,C,J]."""
+    weights = torch.softmax(gate_logits, dim=3)
+    weights = weights.unsqueeze(3).expand(-1, -1, -1, experts.shape[3], -1, -1)
+    return torch.einsum("ijklnm,ijklmo->ijklno", experts.unsqueeze(-2), weights).squeeze(-2)
+
+
+def plain_einsum_combine(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("...cm,...mj->...cj", experts, torch.softmax(gate_logits, dim=-2))
+
+
+def reid_kernel_combine(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+    return torch.ops.reid.moe_combine(experts, gate_logits, True)
+
+
+def _median_ms(fn, input_sets, reps: int, warmup: int) -> float:
+    for i in range(warmup):
+        fn(*input_sets[i % len(input_sets)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        args = input_sets[i % len(input_sets)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbps(reps: int = 20, nbytes: int = COPY_BYTES) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting the bytes read and written."""
+    buffers = [(torch.empty(nbytes, dtype=torch.uint8, device="cuda"),
+                torch.empty(nbytes, dtype=torch.uint8, device="cuda")) for _ in range(2)]
+    ms = _median_ms(lambda dst, src: dst.copy_(src), buffers, reps, warmup=3)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _input_sets(dtype, count, lead, channels, num_experts, num_outputs):
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    return [(torch.randn(lead + (channels, num_experts), generator=generator, device="cuda",
+                         dtype=dtype),
+             3 * torch.randn(lead + (num_experts, num_outputs), generator=generator,
+                             device="cuda", dtype=dtype))
+            for _ in range(count)]
+
+
+def _max_difference(ours, baseline) -> float:
+    return float((ours.float() - baseline.float()).abs().max())
+
+
+def run(dtypes=(torch.float16, torch.float32), reps: int = 100, warmup: int = 10, sets: int = 3,
+        lead=HAMOBE_LEAD, channels: int = HAMOBE_CHANNELS, num_experts: int = HAMOBE_EXPERTS,
+        num_outputs: int = HAMOBE_OUTPUTS) -> list[dict]:
+    """One row per (dtype, variant) plus the copy-bandwidth row.
+
+    Each row: dtype, variant, median_ms, bytes (experts + gate + out), gbps, fraction_of_copy,
+    speedup (official / ours and einsum / ours on our rows), max_abs_diff (against ours).
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("bench_moe_combine needs a CUDA GPU (torch.cuda.is_available() is "
+                           "False); run it on the GPU machine")
+    import reid_export.ops.moe_combine  # noqa: F401  (registers torch.ops.reid.moe_combine)
+    from reid_sdk import _native  # noqa: F401  (fail here, clearly, if the kernels are missing)
+
+    copy_gbps = copy_bandwidth_gbps()
+    rows = [{"dtype": "uint8", "variant": "device copy (read + write)", "median_ms":
+             2 * COPY_BYTES / (copy_gbps * 1e9) * 1e3, "bytes": 2 * COPY_BYTES, "gbps": copy_gbps,
+             "fraction_of_copy": 1.0}]
+    tokens = 1
+    for size in lead:
+        tokens *= size
+    for dtype in dtypes:
+        itemsize = torch.finfo(dtype).bits // 8
+        nbytes = tokens * itemsize * (channels * num_experts + num_experts * num_outputs
+                                      + channels * num_outputs)
+        input_sets = _input_sets(dtype, sets, lead, channels, num_experts, num_outputs)
+        reference = plain_einsum_combine(*input_sets[0])
+        variants = {
+            "reid kernel": (reid_kernel_combine, input_sets),
+            "reid kernel, generic path (E-major experts)": (
+                reid_kernel_combine,
+                [(x.transpose(-1, -2).contiguous().transpose(-1, -2), g) for x, g in
+                 input_sets[:2]]),
+            "official HAMoBE einsum": (official_hamobe_combine, input_sets),
+            "torch.einsum": (plain_einsum_combine, input_sets),
+        }
+        timed = {}
+        for name, (fn, fn_sets) in variants.items():
+            ms = _median_ms(fn, fn_sets, reps if name.startswith("reid") else max(10, reps // 5),
+                            warmup)
+            gbps = nbytes / (ms * 1e-3) / 1e9
+            timed[name] = ms
+            rows.append({"dtype": str(dtype).replace("torch.", ""), "variant": name,
+                         "median_ms": ms, "bytes": nbytes, "gbps": gbps,
+                         "fraction_of_copy": gbps / copy_gbps,
+                         "max_abs_diff": _max_difference(fn(*fn_sets[0]), reference)})
+        for row in rows[-len(variants):]:
+            if row["variant"].startswith("reid"):
+                row["speedup_vs_official"] = timed["official HAMoBE einsum"] / row["median_ms"]
+                row["speedup_vs_einsum"] = timed["torch.einsum"] / row["median_ms"]
+        del input_sets, variants, reference
+        torch.cuda.empty_cache()
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'dtype':<9}{'variant':<46}{'ms':>9}{'GB/s':>9}{'of copy':>9}"
+              f"{'x official':>12}{'x einsum':>10}{'max|diff|':>11}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        speedups = "".join(f"{row[key]:>{width}.1f}" if key in row else " " * width
+                           for key, width in (("speedup_vs_official", 12),
+                                              ("speedup_vs_einsum", 10)))
+        diff = f"{row['max_abs_diff']:>11.2e}" if "max_abs_diff" in row else ""
+        lines.append(f"{row['dtype']:<9}{row['variant']:<46}{row['median_ms']:>9.3f}"
+                     f"{row['gbps']:>9.0f}{row['fraction_of_copy']:>9.3f}{speedups}{diff}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--sets", type=int, default=3, help="input sets rotated between runs")
+    args = parser.parse_args(argv)
+    try:
+        rows = run(reps=args.reps, warmup=args.warmup, sets=args.sets)
+    except RuntimeError as exc:
+        print(f"bench_moe_combine: {exc}", file=sys.stderr)
+        return 1
+    shape = (f"experts {list(HAMOBE_LEAD) + [HAMOBE_CHANNELS, HAMOBE_EXPERTS]}, gate "
+             f"{list(HAMOBE_LEAD) + [HAMOBE_EXPERTS, HAMOBE_OUTPUTS]}")
+    print(f"MoECombine on {torch.cuda.get_device_name()} ({shape}); target: reid kernel >= "
+          f"{TARGET_FRACTION} of copy bandwidth")
+    print(format_table(rows))
+    misses = [r for r in rows if r["variant"] == "reid kernel"
+              and r["fraction_of_copy"] < TARGET_FRACTION]
+    for row in misses:
+        print(f"below target: {row['dtype']} reaches {row['fraction_of_copy']:.3f} of copy "
+              "bandwidth")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
