@@ -5,7 +5,7 @@
     reid-export onnx --arch keyreid --checkpoint Marsbest.pth --unseen-camera --out keyreid.onnx
     reid-export validate hamobe.onnx --checkpoint best_model.pth.tar --backbone ViT-L-14.pt
     reid-export validate keyreid.onnx --random --frames data/query
-    reid-export synth data/synth --config demo
+    reid-export synth data/synth --preset demo
     reid-export train --arch keyreid --preset tiny --data data/synth --out keyreid_tiny.safetensors
 """
 from __future__ import annotations
