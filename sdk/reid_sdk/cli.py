@@ -240,10 +240,9 @@ def cmd_gallery_search(args) -> int:
 
 
 def _middle_frame(tracklet) -> np.ndarray:
-    from PIL import Image
+    from reid_sdk import layout
 
-    with Image.open(tracklet.frames[len(tracklet.frames) // 2]) as image:
-        return np.asarray(image.convert("RGB"))
+    return layout.load_image(tracklet.frames[len(tracklet.frames) // 2])
 
 
 def cmd_eval(args) -> int:
