@@ -103,8 +103,7 @@ def import_official(source: Path):
         except ImportError:
             sys.modules[name] = types.ModuleType(name)
     sys.path.insert(0, str(source))
-    import models.vid_resnet as vid_resnet
-    import models.vision_transformer as vision_transformer
+    from models import vid_resnet, vision_transformer
     return vid_resnet, vision_transformer
 
 

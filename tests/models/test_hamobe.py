@@ -7,7 +7,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reid_export.models import create, hamobe
 
 # ------------------------------------------------------------------------------------------------
@@ -27,8 +26,9 @@ def _official_table(frames=8):
         table += [(f"decoder.cross_attention.{i}.w1", [rel, D]),
                   (f"decoder.cross_attention.{i}.w2", [rel, D])]
     for m in range(8):
-        table += [(f"moe_first.experts.{m}.0.weight", [d, D]), (f"moe_first.experts.{m}.0.bias", [d]),
-                  (f"moe_first.experts.{m}.2.weight", [d, d]), (f"moe_first.experts.{m}.2.bias", [d])]
+        expert = f"moe_first.experts.{m}"
+        table += [(f"{expert}.0.weight", [d, D]), (f"{expert}.0.bias", [d]),
+                  (f"{expert}.2.weight", [d, d]), (f"{expert}.2.bias", [d])]
     table += [("moe_first.gating.fc_pre.0.weight", [d, D]), ("moe_first.gating.fc_pre.0.bias", [d]),
               ("moe_first.gating.fc_post.weight", [24, d]), ("moe_first.gating.fc_post.bias", [24]),
               ("moe_first.gating.pos_embed.emb.weight", [257, d])]
@@ -36,7 +36,8 @@ def _official_table(frames=8):
     for branch in ("moe_canonical", "moe_appearance"):
         table += [(f"{branch}.layer.0.weight", [d, d]), (f"{branch}.layer.0.bias", [d]),
                   (f"{branch}.layer.2.weight", [d, d]), (f"{branch}.layer.2.bias", [d]),
-                  (f"{branch}.patch_agg.0.weight", [128, 257]), (f"{branch}.patch_agg.0.bias", [128]),
+                  (f"{branch}.patch_agg.0.weight", [128, 257]),
+                  (f"{branch}.patch_agg.0.bias", [128]),
                   (f"{branch}.patch_agg.2.weight", [1, 128]), (f"{branch}.patch_agg.2.bias", [1])]
     table += [("moe_pose.cls_token", [d]), ("moe_pose.layer.0.weight", [d, d]),
               ("moe_pose.layer.0.bias", [d]), ("moe_pose.layer.2.weight", [d, d]),
@@ -46,14 +47,19 @@ def _official_table(frames=8):
                   (f"moe_pose.pose_agg.attn.{n}_proj.bias", [768])]
     table += [("moe_pose.pose_agg.attn.out_proj.weight", [d, 768]),
               ("moe_pose.pose_agg.attn.out_proj.bias", [d]),
-              ("moe_pose.pose_agg.mlp.fc1.weight", [2048, d]), ("moe_pose.pose_agg.mlp.fc1.bias", [2048]),
-              ("moe_pose.pose_agg.mlp.fc2.weight", [d, 2048]), ("moe_pose.pose_agg.mlp.fc2.bias", [d])]
+              ("moe_pose.pose_agg.mlp.fc1.weight", [2048, d]),
+              ("moe_pose.pose_agg.mlp.fc1.bias", [2048]),
+              ("moe_pose.pose_agg.mlp.fc2.weight", [d, 2048]),
+              ("moe_pose.pose_agg.mlp.fc2.bias", [d])]
     for n in (1, 2, 3):
-        table += [(f"moe_pose.pose_agg.norm{n}.weight", [d]), (f"moe_pose.pose_agg.norm{n}.bias", [d])]
+        table += [(f"moe_pose.pose_agg.norm{n}.weight", [d]),
+                  (f"moe_pose.pose_agg.norm{n}.bias", [d])]
     table += [("gating_second.fc1_pre.0.weight", [d, 3 * d]), ("gating_second.fc1_pre.0.bias", [d]),
               ("gating_second.fc1_post.weight", [3, d]), ("gating_second.fc1_post.bias", [3]),
-              ("gating_second.patch_agg.0.weight", [128, 257]), ("gating_second.patch_agg.0.bias", [128]),
-              ("gating_second.patch_agg.2.weight", [1, 128]), ("gating_second.patch_agg.2.bias", [1]),
+              ("gating_second.patch_agg.0.weight", [128, 257]),
+              ("gating_second.patch_agg.0.bias", [128]),
+              ("gating_second.patch_agg.2.weight", [1, 128]),
+              ("gating_second.patch_agg.2.bias", [1]),
               ("gating_second.fc2.0.weight", [4, frames]), ("gating_second.fc2.0.bias", [4]),
               ("gating_second.fc2.2.weight", [1, 4]), ("gating_second.fc2.2.bias", [1]),
               ("gating_second.pos_embed.emb.weight", [257, d])]
@@ -113,8 +119,10 @@ def test_finetune_mode_has_the_official_backbone_names_first():
         for n in ("q", "k", "v", "out"):
             expected += [(f"{block}attn.{n}_proj.weight", [width, width]),
                          (f"{block}attn.{n}_proj.bias", [width])]
-        expected += [(f"{block}mlp.fc1.weight", [4 * width, width]), (f"{block}mlp.fc1.bias", [4 * width]),
-                     (f"{block}mlp.fc2.weight", [width, 4 * width]), (f"{block}mlp.fc2.bias", [width])]
+        expected += [(f"{block}mlp.fc1.weight", [4 * width, width]),
+                     (f"{block}mlp.fc1.bias", [4 * width]),
+                     (f"{block}mlp.fc2.weight", [width, 4 * width]),
+                     (f"{block}mlp.fc2.bias", [width])]
         for n in (1, 2):
             expected += [(f"{block}norm{n}.weight", [width]), (f"{block}norm{n}.bias", [width])]
     expected += [("backbone.ln_pre.weight", [width]), ("backbone.ln_pre.bias", [width])]
@@ -251,7 +259,8 @@ def literal_hamobe(S, config, frames):
                          name + ".patch_agg.2")
         return pooled.squeeze(-1).mean(1)
 
-    canonical, appearance = general(Z[..., 0], "moe_canonical"), general(Z[..., 1], "moe_appearance")
+    canonical = general(Z[..., 0], "moe_canonical")
+    appearance = general(Z[..., 1], "moe_appearance")
     memory = _linear(S, _linear(S, Z[..., 2], "moe_pose.layer.0").relu(), "moe_pose.layer.2")
     memory = _layer_norm(S, memory.flatten(1, 2), "moe_pose.pose_agg.norm3")
     query = S["moe_pose.cls_token"].view(1, 1, -1).repeat(B, 1, 1)
@@ -335,7 +344,8 @@ def test_first_moe_routes_expert_major_logits_through_moe_combine():
     model = _randomized_tiny(3)
     moe = model.moe_first
     E, d = model.reid_config["experts"], model.reid_config["expert_dim"]
-    x = torch.randn(2, 4, 50, model.reid_config["width"], generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 4, 50, model.reid_config["width"],
+                    generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         z = moe(x)
         experts = torch.stack([expert(x) for expert in moe.experts], dim=-1)
@@ -465,3 +475,43 @@ def test_relative_canvas_index_places_each_key_once():
                 cols = query % grid - key % grid + grid - 1
                 assert rows * side + cols == slot
     assert math.isclose(index.numel(), grid ** 2 * side ** 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (run on the GPU machine: python -m pytest -m gpu tests/models/test_hamobe.py)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cuda_forward_matches_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = _randomized_tiny(12)
+    frames = torch.randn(3, 4, 3, 56, 56, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        cpu = model(frames)
+        gpu = model.cuda()(frames.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_official_preset_on_cuda(monkeypatch):
+    """ViT-L/14 with random weights on the GPU: the exact cross attention equals the official
+    gather at full width, and the fp16 backbone (official default) stays close to fp32."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    generator = torch.Generator(device="cuda").manual_seed(14)
+    with torch.device("cuda"):
+        model = create("hamobe", "official", backbone_dtype="float32")
+        cross = model.decoder.cross_attention[0]
+        with torch.no_grad():
+            for table in (cross.w1, cross.w2):
+                table.copy_(torch.randn(table.shape, generator=generator) * 0.5)
+        q = torch.randn(2, 8, 257, 16, 64, generator=generator)
+        k = torch.randn(2, 8, 257, 16, 64, generator=generator)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                cross(q, k), literal_temporal_cross_attention(q, k, cross.w1, cross.w2, 16),
+                rtol=1e-4, atol=1e-4)
+            frames = torch.randn(2, 8, 3, 224, 224, generator=generator)
+            full = model(frames)
+            half = hamobe.set_backbone_dtype(model, "float16")(frames)
+    assert F.cosine_similarity(full, half).min() > 0.9995

@@ -33,14 +33,14 @@ import struct
 import tempfile
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from reid_export.models import ARCHS, arch_module
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "read_tensors"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_tensors", "save_checkpoint"]
 
 FORMAT = "reid-sdk"
 FORMAT_VERSION = "1"
@@ -115,8 +115,8 @@ def _read_torch(path: Path, map_location):
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
-            raise CheckpointError(f"{path} is a truncated or corrupt torch.save file "
-                                  f"({str(error).splitlines()[0]}); re-copy or re-save it") from None
+            raise CheckpointError(f"{path} is a truncated or corrupt torch.save file ("
+                                  f"{str(error).splitlines()[0]}); re-copy or re-save it") from None
         raise CheckpointError(
             f"{path} holds Python objects beyond tensors and plain containers, which "
             f"weights_only loading refuses ({str(error).splitlines()[0]}); reid-export never "
@@ -125,6 +125,14 @@ def _read_torch(path: Path, map_location):
     except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path} is a truncated or corrupt torch.save file "
                               f"({str(error).splitlines()[0]}); re-copy or re-save it") from None
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
 
 
 class _ScriptObject:
@@ -156,13 +164,6 @@ class _TorchScriptTensorReader(pickle.Unpickler):
     effects of reading are tensors built from the archive's ``data/<key>`` records.
     """
 
-    _STORAGE_DTYPES = {
-        "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-        "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
-        "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
-        "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-    }
-
     def __init__(self, archive: zipfile.ZipFile, prefix: str):
         super().__init__(io.BytesIO(archive.read(prefix + "data.pkl")))
         self._archive, self._prefix = archive, prefix
@@ -171,8 +172,8 @@ class _TorchScriptTensorReader(pickle.Unpickler):
     def find_class(self, module, name):
         if module.startswith("__torch__"):
             return _ScriptObject
-        if module == "torch" and name in self._STORAGE_DTYPES:
-            return self._STORAGE_DTYPES[name]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return self._rebuild_tensor
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
@@ -283,8 +284,7 @@ def _state_dict_of(content, path: Path) -> dict:
         others = [k for k, v in content.items() if not isinstance(v, torch.Tensor)][:_LISTED]
         raise CheckpointError(f"{path} is not a state_dict of tensors (entries {others} are not "
                               f"tensors) and has no 'model' / 'state_dict' entry holding one")
-    return {(k[len(_DDP_PREFIX):] if k.startswith(_DDP_PREFIX) else k): v
-            for k, v in content.items()}
+    return {k.removeprefix(_DDP_PREFIX): v for k, v in content.items()}
 
 
 def _all_tensors(mapping: Mapping) -> bool:

@@ -100,7 +100,10 @@ def _transformer_mlp(dim: int, dropout: float) -> nn.Sequential:
 
 class ProjectedAttention(nn.Module):
     """Multi-head attention with biased q/k/v/out projections (official ``Attention``):
-    softmax((q / sqrt(dh)) k^T) v, softmax over keys in the activations' dtype."""
+    softmax((q / sqrt(dh)) k^T) v. Computed by ``scaled_dot_product_attention``: identical math;
+    with fp16 activations the fused kernels keep the logits and softmax in fp32 where the
+    official einsum rounds them to fp16 (a difference within fp16 tolerance, measured by
+    tools/parity_hamobe.py)."""
 
     def __init__(self, in_dim: int, qkv_dim: int, heads: int):
         super().__init__()
@@ -168,7 +171,7 @@ class ClipVisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(width, heads) for _ in range(layers))
         self.ln_pre = LayerNormFp32(width, eps=LAYERNORM_EPS)
 
-    def cast_(self, dtype: torch.dtype) -> "ClipVisionTransformer":
+    def cast_(self, dtype: torch.dtype) -> ClipVisionTransformer:
         """Official ``model_to_fp16`` for any dtype: Linear layers, cls_token and pos_embed in
         ``dtype``; LayerNorms stay fp32."""
         for module in self.modules():
@@ -198,7 +201,7 @@ class ClipVisionTransformer(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # EVL temporal decoder
 # ------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_canvas_index(grid: int) -> torch.Tensor:
     """Constant gather index of the exact TemporalCrossAttention (MODELS.md 1.9).
 
@@ -748,7 +751,8 @@ def _open_clip_visual_tower(config: dict, output_dim: int):
     """open_clip's ``VisionTransformer`` for ``config`` on the meta device (OpenAI CLIP:
     QuickGELU, LayerNorm eps 1e-5)."""
     from open_clip.model import VisionTransformer
-    from open_clip.transformer import LayerNorm, QuickGELU as OpenClipQuickGELU
+    from open_clip.transformer import LayerNorm
+    from open_clip.transformer import QuickGELU as OpenClipQuickGELU
 
     with torch.device("meta"):
         return VisionTransformer(
@@ -813,7 +817,8 @@ def save_openai_clip(path, backbone_state: dict, config: dict, *, torchscript: b
     :func:`checkpoint_state_dict`); the patch bias must be zero (CLIP's conv1 has none).
     The file holds a full open_clip ``CLIP`` with OpenAI key names: this visual tower, a random
     ``proj`` to ``embed_dim`` and ``ln_post``, and a one-layer random text tower.
-    ``torchscript=True`` writes a traced archive, as OpenAI's ``ViT-L-14.pt``; ``False`` a plain ``torch.save`` state_dict.
+    ``torchscript=True`` writes a traced archive, as OpenAI's ``ViT-L-14.pt``; ``False`` a
+    plain ``torch.save`` state_dict.
     """
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -859,7 +864,19 @@ def save_openai_clip(path, backbone_state: dict, config: dict, *, torchscript: b
         torch.save(clip.state_dict(), str(path))
 
 
-__all__ = ["ARCH", "PRESETS", "CHECKPOINT_FIELDS", "HAMoBE", "build", "build_empty", "matches",
-           "config_from_state_dict", "checkpoint_state_dict", "backbone_keys",
-           "set_backbone_dtype", "clip_backbone_state", "save_openai_clip",
-           "relative_canvas_index"]
+__all__ = [
+    "ARCH",
+    "CHECKPOINT_FIELDS",
+    "PRESETS",
+    "HAMoBE",
+    "backbone_keys",
+    "build",
+    "build_empty",
+    "checkpoint_state_dict",
+    "clip_backbone_state",
+    "config_from_state_dict",
+    "matches",
+    "relative_canvas_index",
+    "save_openai_clip",
+    "set_backbone_dtype",
+]
