@@ -246,65 +246,19 @@ def train(model, dataset: TrackletSet, config: TrainConfig, *, log=print):
 
 def evaluate_split(model, root, *, max_batch: int = 16, progress: bool = False) -> dict:
     """Rank-1/5/10, mAP, mINP of ``model`` (PyTorch through the SDK pipeline) on
-    ``root/query`` vs ``root/gallery`` (same-clothes entries only when tracklet.json records
-    outfits: the standard protocol; clothes-changing reported separately)."""
-    from reid_export.contracts import contract_for as _contract
+    ``root/query`` vs ``root/gallery``: the standard protocol and, where tracklet.json records
+    outfits, the same-clothes and clothes-changing ones."""
     from reid_export.torch_backend import TorchBackend
     from reid_sdk import Engine
-    from reid_sdk.metrics import cmc_summary, distance_matrix, evaluate
 
-    spec = build_spec(model, _contract(model), opset=0)
-    engine = Engine.from_backend(TorchBackend(model, spec, max_batch=max_batch))
+    engine = Engine.from_backend(TorchBackend(model, build_spec(model, contract_for(model),
+                                                                opset=0), max_batch=max_batch))
     root = Path(root)
-    embedded = {}
-    for split in ("query", "gallery"):
-        tracklets = layout.scan(root / split)
-        kwargs = {}
-        if "keypoints" in spec.extra_inputs:
-            kwargs["keypoints"] = [layout.load_keypoints(t) for t in tracklets]
-        if "camera" in spec.extra_inputs:
-            kwargs["camera"] = [t.camid for t in tracklets]
-        frames = [layout.load_frames(t) for t in tracklets]
-        embedded[split] = (tracklets, engine.embed(frames, progress=progress, **kwargs))
-    return protocol_metrics(embedded["query"], embedded["gallery"], spec.metric,
-                            distance_matrix, evaluate, cmc_summary)
-
-
-def protocol_metrics(query, gallery, metric, distance_matrix, evaluate, cmc_summary) -> dict:
-    """Metrics of the standard protocol and, when tracklet.json records outfits, of HAMoBE's
-    same-clothes (SC: the query identity's gallery items in other outfits are removed) and
-    clothes-changing (CC: its items in the query's outfit are removed) protocols."""
-    (q_tracklets, q_emb), (g_tracklets, g_emb) = query, gallery
-    dist = distance_matrix(q_emb, g_emb, metric)
-    q_pids = np.array([t.pid for t in q_tracklets])
-    g_pids = np.array([t.pid for t in g_tracklets])
-    q_cams = np.array([t.camid for t in q_tracklets])
-    g_cams = np.array([t.camid for t in g_tracklets])
-    results = {"standard": cmc_summary(evaluate(dist, q_pids, g_pids, q_cams, g_cams))}
-    q_outfit = [t.meta.get("outfit") for t in q_tracklets]
-    g_outfit = [t.meta.get("outfit") for t in g_tracklets]
-    if any(o is None for o in q_outfit + g_outfit):
-        return results
-    same_outfit = np.array(q_outfit)[:, None] == np.array(g_outfit)[None, :]
-    same_pid = q_pids[:, None] == g_pids[None, :]
-    for name, removed in (("same_clothes", same_pid & ~same_outfit),
-                          ("clothes_changing", same_pid & same_outfit)):
-        # Removal differs per query, so evaluate query by query and pool the valid ones.
-        cmc, ap, inp = [], [], []
-        for q in range(len(q_pids)):
-            keep = ~removed[q]
-            one = evaluate(dist[q:q + 1, keep], q_pids[q:q + 1], g_pids[keep], q_cams[q:q + 1],
-                           g_cams[keep], max_rank=50)
-            if one["num_valid_queries"]:
-                cmc.append(np.pad(one["cmc"], (0, 50 - len(one["cmc"])), mode="edge"))
-                ap.append(one["mAP"])
-                inp.append(one["mINP"])
-        pooled = {"cmc": np.mean(cmc, axis=0) if cmc else np.zeros(50),
-                  "mAP": float(np.mean(ap)) if ap else 0.0,
-                  "mINP": float(np.mean(inp)) if inp else 0.0,
-                  "num_valid_queries": len(ap), "num_skipped_queries": len(q_pids) - len(ap)}
-        results[name] = cmc_summary(pooled)
-    return results
+    splits = {name: layout.scan(root / name) for name in ("query", "gallery")}
+    embedded = {name: layout.embed_tracklets(engine, tracklets, progress=progress)
+                for name, tracklets in splits.items()}
+    return layout.evaluate_tracklets(splits["query"], embedded["query"], splits["gallery"],
+                                     embedded["gallery"], engine.spec.metric)
 
 
 def main(argv=None) -> int:

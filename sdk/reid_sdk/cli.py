@@ -41,9 +41,6 @@ import numpy as np
 from reid_sdk._atomic import atomic_write
 from reid_sdk.errors import InputError, ReidError
 
-# Tracklets whose frames are loaded and embedded per engine call: bounds memory on large
-# folders while keeping the engine's batches full.
-TRACKLETS_PER_CALL = 64
 EMBEDDINGS_FORMAT = "reid_sdk.embeddings"
 # pid / camid written where the layout gives none (pid -1 also marks distractors).
 UNKNOWN = -1
@@ -67,60 +64,12 @@ def _open_engine(args):
     return Engine(args.model, providers=providers)
 
 
-def _embed_tracklets(engine, tracklets: list, camera: int | None, progress: bool | None,
-                     ) -> np.ndarray:
-    """[N, D] embeddings of layout tracklets, TRACKLETS_PER_CALL at a time."""
-    from reid_sdk import layout
-    from reid_sdk.backends import extra_input_name
-    from reid_sdk.progress import ProgressBar
-
-    spec = engine.spec
-    wants_keypoints = extra_input_name(spec, "keypoints") is not None
-    wants_camera = extra_input_name(spec, "camera") is not None
-    out = np.empty((len(tracklets), spec.embedding_dim), dtype=np.float32)
-    with ProgressBar(len(tracklets), desc=f"embed {spec.arch}", unit="tracklets",
-                     enabled=progress) as bar:
-        for start in range(0, len(tracklets), TRACKLETS_PER_CALL):
-            group = tracklets[start:start + TRACKLETS_PER_CALL]
-            frames = [layout.load_frames(t) for t in group]
-            keypoints = None
-            if wants_keypoints:
-                keypoints = []
-                for t in group:
-                    points = layout.load_keypoints(t)
-                    if points is None:
-                        raise InputError(
-                            f"{t.path} has no keypoints.json, and this {spec.arch} engine needs "
-                            "COCO-17 keypoints per frame (docs/dataset_layout.md)")
-                    keypoints.append(points)
-            cameras = [_camera_for(spec, t, camera) for t in group] if wants_camera else None
-            out[start:start + len(group)] = engine.embed(frames, keypoints=keypoints,
-                                                         camera=cameras, progress=False)
-            bar.update(len(group))
-    return out
-
-
-def _camera_for(spec, tracklet, camera: int | None) -> int | None:
-    """The camera index to embed ``tracklet`` with, checked here so that errors name the
-    folder."""
-    chosen = tracklet.camid if camera is None else camera
-    unseen = spec.unseen_camera_index
-    if chosen is None and unseen is None:
-        raise InputError(f"{tracklet.path} has no camera (neither tracklet.json nor a "
-                         f"<pid>C<cam>T<n> folder name gives one) and this {spec.arch} engine "
-                         "needs one: pass --camera N")
-    if chosen is not None and not (0 <= chosen < spec.num_cameras or chosen == unseen):
-        raise InputError(f"{tracklet.path} has camera {chosen} (0-based), but this {spec.arch} "
-                         f"engine knows cameras 0..{spec.num_cameras - 1}: pass --camera N with a "
-                         "camera it knows" + ("" if unseen is None else
-                                              f", or {unseen} for its unseen-camera row"))
-    return chosen
-
-
 def _embed(engine, tracklets: list, camera: int | None, progress: bool | None) -> dict:
     """Embeddings of layout tracklets with what the output files record about them."""
     started = time.perf_counter()
-    embeddings = _embed_tracklets(engine, tracklets, camera, progress)
+    from reid_sdk import layout
+
+    embeddings = layout.embed_tracklets(engine, tracklets, camera=camera, progress=progress)
     seconds = time.perf_counter() - started
     frames = sum(len(t.frames) for t in tracklets)
     print(f"embedded {len(tracklets)} tracklets ({frames} frames) in {seconds:.1f} s "

@@ -4,6 +4,7 @@ Pillow only).
     tracklets = scan("bench/query")            # every tracklet folder under a root, sorted
     frames = load_frames(tracklets[0])         # uint8 [H, W, 3] RGB arrays (load_image: one)
     keypoints = load_keypoints(tracklets[0])   # float32 [T, 17, 3] (x, y, conf) or None
+    embeddings = embed_tracklets(engine, tracklets)   # [N, D] through a reid_sdk.Engine
 
 A tracklet folder is any folder that directly holds image files; frames are taken in sorted
 file-name order. Identity and camera come from `tracklet.json` when it has them, else from the
@@ -19,6 +20,9 @@ import numpy as np
 
 from reid_sdk.errors import InputError
 
+# Tracklets whose frames are loaded and embedded per engine call: bounds memory on large
+# folders while keeping the engine's batches full.
+TRACKLETS_PER_CALL = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 KEYPOINTS_FILE = "keypoints.json"
 TRACKLET_FILE = "tracklet.json"
@@ -200,3 +204,80 @@ def load_keypoints(tracklet: Tracklet) -> np.ndarray | None:
                              f"{confidence[joint]:g} at joint {joint}, outside [0, 1]; {fix}")
         keypoints[index] = values
     return keypoints
+
+
+def embed_tracklets(engine, tracklets: list, *, camera: int | None = None,
+                    progress: bool | None = None) -> np.ndarray:
+    """[N, D] embeddings of layout tracklets through ``engine`` (a reid_sdk.Engine), loading
+    frames, keypoints.json and cameras as the engine's spec needs them, TRACKLETS_PER_CALL
+    tracklets per engine call (memory stays bounded on large folders, batches stay full).
+
+    camera: one camera index for every tracklet instead of each tracklet's own.
+    """
+    from reid_sdk.backends import extra_input_name
+    from reid_sdk.progress import ProgressBar
+
+    spec = engine.spec
+    wants_keypoints = extra_input_name(spec, "keypoints") is not None
+    wants_camera = extra_input_name(spec, "camera") is not None
+    out = np.empty((len(tracklets), spec.embedding_dim), dtype=np.float32)
+    with ProgressBar(len(tracklets), desc=f"embed {spec.arch}", unit="tracklets",
+                     enabled=progress) as bar:
+        for start in range(0, len(tracklets), TRACKLETS_PER_CALL):
+            group = tracklets[start:start + TRACKLETS_PER_CALL]
+            frames = [load_frames(t) for t in group]
+            keypoints = None
+            if wants_keypoints:
+                keypoints = []
+                for t in group:
+                    points = load_keypoints(t)
+                    if points is None:
+                        raise InputError(
+                            f"{t.path} has no keypoints.json, and this {spec.arch} engine needs "
+                            "COCO-17 keypoints per frame (docs/dataset_layout.md)")
+                    keypoints.append(points)
+            cameras = [tracklet_camera(spec, t, camera) for t in group] if wants_camera else None
+            out[start:start + len(group)] = engine.embed(frames, keypoints=keypoints,
+                                                         camera=cameras, progress=False)
+            bar.update(len(group))
+    return out
+
+
+def tracklet_camera(spec, tracklet: "Tracklet", camera: int | None = None) -> int | None:
+    """The camera index to embed ``tracklet`` with, checked here so that errors name the
+    folder."""
+    chosen = tracklet.camid if camera is None else camera
+    unseen = spec.unseen_camera_index
+    if chosen is None and unseen is None:
+        raise InputError(f"{tracklet.path} has no camera (neither tracklet.json nor a "
+                         f"<pid>C<cam>T<n> folder name gives one) and this {spec.arch} engine "
+                         "needs one: pass a camera index (reid-sdk: --camera N)")
+    if chosen is not None and not (0 <= chosen < spec.num_cameras or chosen == unseen):
+        raise InputError(f"{tracklet.path} has camera {chosen} (0-based), but this {spec.arch} "
+                         f"engine knows cameras 0..{spec.num_cameras - 1}: pass a camera it knows "
+                         "(reid-sdk: --camera N)" + ("" if unseen is None else
+                                              f", or {unseen} for its unseen-camera row"))
+    return chosen
+
+
+def evaluate_tracklets(q_tracklets, q_embeddings, g_tracklets, g_embeddings,
+                       metric: str) -> dict:
+    """Retrieval figures of embedded layout tracklets: {protocol: {"Rank-1", "Rank-5",
+    "Rank-10", "mAP", "mINP"}} for the standard protocol and, when every tracklet.json records
+    an ``outfit``, the same-clothes and clothes-changing protocols
+    (:func:`reid_sdk.metrics.evaluate_protocols`). metric: the engine spec's metric."""
+    from reid_sdk.metrics import cmc_summary, distance_matrix, evaluate_protocols
+
+    def column(tracklets, key):
+        values = [getattr(t, key) if key in ("pid", "camid") else t.meta.get(key)
+                  for t in tracklets]
+        return None if any(v is None for v in values) else np.array(values)
+
+    q_outfits, g_outfits = column(q_tracklets, "outfit"), column(g_tracklets, "outfit")
+    if q_outfits is None or g_outfits is None:
+        q_outfits = g_outfits = None
+    results = evaluate_protocols(distance_matrix(q_embeddings, g_embeddings, metric),
+                                 column(q_tracklets, "pid"), column(g_tracklets, "pid"),
+                                 column(q_tracklets, "camid"), column(g_tracklets, "camid"),
+                                 q_outfits, g_outfits)
+    return {name: cmc_summary(result) for name, result in results.items()}

@@ -26,7 +26,7 @@ import numpy as np
 
 from reid_sdk.errors import InputError
 
-__all__ = ["evaluate", "evaluate_py", "rank_lists", "similarity_to_distance", "distance_matrix",
+__all__ = ["evaluate", "evaluate_py", "evaluate_protocols", "rank_lists", "similarity_to_distance", "distance_matrix",
            "l2_normalize", "cmc_summary"]
 
 DISTANCE_METRICS = ("cosine", "euclidean", "squared_euclidean")
@@ -214,3 +214,35 @@ def cmc_summary(result: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:
     summary["mAP"] = result["mAP"]
     summary["mINP"] = result["mINP"]
     return summary
+
+
+def evaluate_protocols(distmat, q_pids, g_pids, q_camids, g_camids, q_outfits=None,
+                       g_outfits=None, max_rank: int = 50) -> dict:
+    """The standard protocol and, given outfit labels, HAMoBE's clothes protocols
+    (``evaluate_with_clothes``): ``same_clothes`` removes, per query, the gallery items of its
+    identity in another outfit; ``clothes_changing`` removes those in the query's outfit.
+
+    Returns {"standard": evaluate(...), "same_clothes": ..., "clothes_changing": ...} (the last
+    two only with outfits), each with cmc / mAP / mINP / num_valid_queries /
+    num_skipped_queries. Removal differs per query, so those two run query by query.
+    """
+    from reid_sdk import _ranking
+
+    results = {"standard": evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)}
+    if q_outfits is None or g_outfits is None:
+        return results
+    dist, q_pids, g_pids, q_camids, g_camids = _validate(distmat, q_pids, g_pids, q_camids,
+                                                         g_camids, max_rank)
+    q_outfits = _as_ids(q_outfits, dist.shape[0], "q_outfits", "one outfit id per query")
+    g_outfits = _as_ids(g_outfits, dist.shape[1], "g_outfits", "one outfit id per gallery item")
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    same_outfit = q_outfits[:, None] == g_outfits[None, :]
+    for name, removed in (("same_clothes", same_pid & ~same_outfit),
+                          ("clothes_changing", same_pid & same_outfit)):
+        per_query = [_ranking.retrieval_ranks(
+            np.ascontiguousarray(dist[q:q + 1, ~removed[q]]), q_pids[q:q + 1],
+            g_pids[~removed[q]], q_camids[q:q + 1], g_camids[~removed[q]])
+            for q in range(dist.shape[0])]
+        first, ap, inp = (np.concatenate(column) for column in zip(*per_query))
+        results[name] = _summarise(first, ap, inp, max_rank, dist.shape[1])
+    return results
