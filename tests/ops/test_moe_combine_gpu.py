@@ -205,6 +205,7 @@ def test_cython_wrapper_with_cupy_arrays():
         gate = (3 * rng.standard_normal((3, 1, 8, 3), dtype=cp.float32)).astype(dtype)
         for x in (experts, experts[::-1, :, ::-1]):  # negative strides: the generic path
             out = cp.full((3, 257, 64, 3), cp.nan, dtype=dtype)
+            cp.cuda.Device().synchronize()  # inputs were written on the null stream
             stream = cp.cuda.Stream(non_blocking=True)
             native.moe_combine(x, gate, out, stream=stream.ptr)
             stream.synchronize()
