@@ -23,32 +23,20 @@ def _model_from_args(args, spec=None):
 
     from reid_export import models
 
+    dtype = getattr(args, "backbone_dtype", None)
+    overrides = {"backbone_dtype": dtype} if dtype else {}
     if args.checkpoint:
-        overrides = {}
-        if getattr(args, "backbone_dtype", None):
-            overrides["backbone_dtype"] = args.backbone_dtype
         model = models.load_checkpoint(args.checkpoint, arch=args.arch, preset=args.preset,
                                        backbone_path=args.backbone, overrides=overrides or None)
+    elif spec is not None:
+        from reid_export.validate import model_from_spec
+        model = model_from_spec(spec)
     else:
-        config = dict(spec.data.get("model_config", {})) if spec is not None else {}
-        arch = config.pop("arch", None) or args.arch or (spec.arch if spec else None)
-        if arch is None:
+        if args.arch is None:
             raise SystemExit("reid-export: --random needs --arch")
-        seed = spec.source.get("random_seed", args.seed) if spec is not None else args.seed
-        unseen = config.get("unseen_camera_index")
-        if unseen is not None:  # rebuild the trained rows; the mean row is appended below
-            config.update(cameras=unseen, unseen_camera_index=None)
-        torch.manual_seed(seed)
-        if config:
-            model = models.arch_module(arch).build(**config)
-        else:
-            overrides = {"backbone_dtype": args.backbone_dtype} if getattr(
-                args, "backbone_dtype", None) else {}
-            model = models.create(arch, preset=args.preset or "official", **overrides)
-        model.reid_source = {"random_seed": seed, "checkpoint_sha256": None}
-        if unseen is not None:
-            from reid_export.models.keyreid import add_unseen_camera_row
-            add_unseen_camera_row(model)
+        torch.manual_seed(args.seed)
+        model = models.create(args.arch, preset=args.preset or "official", **overrides)
+        model.reid_source = {"random_seed": args.seed, "checkpoint_sha256": None}
     return model
 
 

@@ -65,6 +65,30 @@ class ValidationReport:
         ])
 
 
+def model_from_spec(spec) -> torch.nn.Module:
+    """Rebuild the seeded random-weight model an engine was exported from (``reid-export onnx
+    --random``): its config and seed are in the spec (``model_config``,
+    ``source.random_seed``). An unseen-camera row is added again the same way."""
+    from reid_export import models
+
+    seed = spec.source.get("random_seed")
+    if seed is None:
+        raise ValueError("this engine was exported from a checkpoint, not from random weights: "
+                         "pass --checkpoint with that checkpoint")
+    config = dict(spec.data.get("model_config") or {})
+    arch = config.pop("arch", spec.arch)
+    unseen = config.get("unseen_camera_index")
+    if unseen is not None:  # rebuild the trained rows; the mean row is appended below
+        config.update(cameras=unseen, unseen_camera_index=None)
+    torch.manual_seed(seed)
+    model = models.arch_module(arch).build(**config)
+    model.reid_source = {"random_seed": seed, "checkpoint_sha256": None}
+    if unseen is not None:
+        from reid_export.models.keyreid import add_unseen_camera_row
+        add_unseen_camera_row(model)
+    return model
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows of ``a`` and ``b`` ([N, D] each) in float64."""
     a, b = a.astype(np.float64), b.astype(np.float64)
