@@ -7,12 +7,15 @@
 // stage the tile's per-token offsets and gate weights in shared memory (one thread per (token, j)
 // column: load E logits, subtract their max, exp, normalise), then process the tile's items:
 //  * vectorised path (rows dense, C a multiple of CH = 16 / sizeof(T), 16-byte aligned tokens,
-//    E <= 8, J <= 4): an item is a chunk of CH consecutive channels. Its experts are CH * E
-//    contiguous values, exactly E 16-byte vectors; its output CH * J contiguous values, exactly J
-//    vectors. So every global access is a full 16-byte vector and a warp touches contiguous
-//    memory. E and J are template parameters: the (channel, expert) position of every vector lane
-//    is a compile-time constant and the chunk stays in registers. The first chunk's loads are
-//    issued before the staging barrier so their latency overlaps the softmax.
+//    E <= 8, J <= 4): a chunk is CH consecutive channels of a token. Its experts are CH * E
+//    contiguous values, exactly E 16-byte vectors; its output CH * J values, exactly J vectors.
+//    A warp takes a group of up to 32 consecutive chunks of one token: it loads the group's
+//    vectors lane-consecutively (every warp-wide load is one contiguous 512-byte span), passes
+//    them through a padded shared-memory buffer so each lane holds its own chunk, computes, and
+//    stores the results back the same way. E and J are template parameters: the (channel,
+//    expert) position of every lane of a chunk is a compile-time constant and the chunk stays in
+//    registers. The warp's first loads are issued before the staging barrier so their latency
+//    overlaps the softmax.
 //  * generic path (any strides, any C, any E <= 16 and J <= 8): an item is one channel row, read
 //    and written with its strides.
 // Larger E or J than the vectorised limits take the generic path: their fully unrolled chunks need
@@ -32,6 +35,7 @@ namespace reid {
 namespace {
 
 constexpr int kVectorBytes = 16;
+constexpr int kWarpSize = 32;
 
 // A 16-byte vector of T held as four 32-bit words (so 16-bit types pack two per register).
 // Lanes<T> reads lane k as float and writes lane pairs (2i, 2i + 1) from floats, rounding to
@@ -97,7 +101,7 @@ struct MoeParams {
     int32_t num_experts, num_outputs;
     int32_t apply_softmax;
     int32_t tokens_per_block;
-    int32_t items_per_token;  // chunks (vectorised path) or channels (generic path)
+    int32_t items_per_token;  // chunks of CH channels (vectorised path) or channels (generic)
 };
 
 struct TokenOffsets {
@@ -124,19 +128,23 @@ __device__ __forceinline__ TokenOffsets token_offsets(const TokenLayout& layout,
     return off;
 }
 
-// Shared memory of one block: per tile token its experts / out offsets, then its weights
-// [token][m][j] in float.
+// Shared memory of one block: per tile token its experts / out offsets and its weights
+// [token][m][j] in float; then, on the vectorised path, one staging buffer per warp.
 struct TileShared {
     int64_t* experts_off;
     int64_t* out_off;
     float* weights;
+    Vec* staging;
 };
 
-__device__ __forceinline__ TileShared tile_shared(int tokens_per_block) {
+__device__ __forceinline__ TileShared tile_shared(const MoeParams& p) {
     extern __shared__ float4 shared_f4[];  // float4: 16-byte aligned
     int64_t* offsets = reinterpret_cast<int64_t*>(shared_f4);
-    return {offsets, offsets + tokens_per_block,
-            reinterpret_cast<float*>(offsets + 2 * tokens_per_block)};
+    float* weights = reinterpret_cast<float*>(offsets + 2 * p.tokens_per_block);
+    const int weight_vectors =
+        (p.tokens_per_block * p.num_experts * p.num_outputs * 4 + kVectorBytes - 1) / kVectorBytes;
+    Vec* staging = reinterpret_cast<Vec*>(shared_f4 + p.tokens_per_block) + weight_vectors;
+    return {offsets, offsets + p.tokens_per_block, weights, staging};
 }
 
 // Stages the tile's token offsets and mixture weights: one thread per (token, j) column reads its
@@ -189,19 +197,14 @@ __device__ __forceinline__ void store_vector(void* dst, const Vec& v) {
     *static_cast<uint4*>(dst) = make_uint4(v.word[0], v.word[1], v.word[2], v.word[3]);
 }
 
-template <typename T, int kE>
-__device__ __forceinline__ void load_chunk(const T* src, Vec (&chunk)[kE]) {
-#pragma unroll
-    for (int v = 0; v < kE; ++v) chunk[v] = load_streaming(src + v * Lanes<T>::kCount);
-}
-
 // One chunk: CH channels x E experts (E input vectors) -> CH channels x J outputs (J output
 // vectors). Lane f of the flattened input is channel f / E, expert f % E; of the output, channel
 // f / J, output f % J. Experts are the outer loop so only one expert's J weights are live next to
 // the raw chunk and the CH x J accumulators.
 template <typename T, int kE, int kJ>
 __device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE],
-                                              const float* __restrict__ weights, T* dst) {
+                                              const float* __restrict__ weights,
+                                              Vec (&result)[kJ]) {
     constexpr int kCh = Lanes<T>::kCount;
     float acc[kCh][kJ];
 #pragma unroll
@@ -222,14 +225,87 @@ __device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE],
             for (int j = 0; j < kJ; ++j) acc[c][j] = fmaf(x, w[j], acc[c][j]);
         }
     }
-    Vec result[kJ];
 #pragma unroll
     for (int lane = 0; lane < kCh * kJ; lane += 2) {
         Lanes<T>::set_pair(result[lane / kCh], (lane % kCh) / 2, acc[lane / kJ][lane % kJ],
                            acc[(lane + 1) / kJ][(lane + 1) % kJ]);
     }
+}
+
+// Position of vector s in a warp's staging buffer: one padding slot after every 8 keeps both the
+// lane-consecutive accesses (s = v * 32 + lane) and the per-lane ones (s = lane * E + v, or J)
+// free of shared-memory bank conflicts for E, J in {1, 2, 3, 4, 5, 7, 8}.
+__device__ __forceinline__ int staging_slot(int s) { return s + (s >> 3); }
+
+// Staging slots per warp: a group's 32 chunks of max(E, J) vectors, padded.
+__host__ __device__ constexpr int staging_slots(int num_experts, int num_outputs) {
+    return 36 * (num_experts > num_outputs ? num_experts : num_outputs);
+}
+
+// A warp's group: up to 32 consecutive chunks of one token.
+template <typename T>
+struct ChunkGroup {
+    int tok;      // token within the tile
+    int chunks;   // chunks in the group, 1..32
+    const T* experts;
+    T* out;
+};
+
+template <typename T, int kE, int kJ>
+__device__ __forceinline__ ChunkGroup<T> locate_group(const MoeParams& p, const T* experts,
+                                                      T* out, int64_t first_token, int group) {
+    constexpr int64_t kCh = Lanes<T>::kCount;
+    const int groups_per_token = (p.items_per_token + kWarpSize - 1) / kWarpSize;
+    const int tok = group / groups_per_token;
+    const int first_chunk = (group - tok * groups_per_token) * kWarpSize;
+    const int chunks = min(kWarpSize, p.items_per_token - first_chunk);
+    const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(first_token + tok));
+    return {tok, chunks, experts + off.experts + first_chunk * (kCh * kE),
+            out + off.out + first_chunk * (kCh * kJ)};
+}
+
+// Lane-consecutive loads of a group's E * chunks vectors: vector v * 32 + lane into raw[v].
+template <typename T, int kE>
+__device__ __forceinline__ void load_group(const ChunkGroup<T>& group, int lane, Vec (&raw)[kE]) {
 #pragma unroll
-    for (int v = 0; v < kJ; ++v) store_vector(dst + v * kCh, result[v]);
+    for (int v = 0; v < kE; ++v) {
+        const int s = v * kWarpSize + lane;
+        if (s < group.chunks * kE) raw[v] = load_streaming(group.experts + s * Lanes<T>::kCount);
+    }
+}
+
+// The rest of a group after load_group: through `staging` each lane gets its chunk, combines it,
+// and the results go back out lane-consecutively. All lanes of the warp call this together.
+template <typename T, int kE, int kJ>
+__device__ __forceinline__ void finish_group(const ChunkGroup<T>& group, int lane,
+                                             const Vec (&raw)[kE], const float* weights,
+                                             Vec* staging) {
+    constexpr int kCh = Lanes<T>::kCount;
+#pragma unroll
+    for (int v = 0; v < kE; ++v) {
+        const int s = v * kWarpSize + lane;
+        if (s < group.chunks * kE) staging[staging_slot(s)] = raw[v];
+    }
+    __syncwarp();
+    Vec chunk[kE];
+    if (lane < group.chunks) {
+#pragma unroll
+        for (int v = 0; v < kE; ++v) chunk[v] = staging[staging_slot(lane * kE + v)];
+    }
+    __syncwarp();  // the results reuse the buffer
+    if (lane < group.chunks) {
+        Vec result[kJ];
+        combine_chunk<T, kE, kJ>(chunk, weights, result);
+#pragma unroll
+        for (int v = 0; v < kJ; ++v) staging[staging_slot(lane * kJ + v)] = result[v];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int v = 0; v < kJ; ++v) {
+        const int s = v * kWarpSize + lane;
+        if (s < group.chunks * kJ) store_vector(group.out + s * kCh, staging[staging_slot(s)]);
+    }
+    __syncwarp();  // the next group refills the buffer
 }
 
 // One channel row with any strides (generic path).
@@ -262,56 +338,44 @@ constexpr int moe_min_blocks() {
     return 4 * kE + 2 * Lanes<T>::kCount * kJ >= 96 ? 2 : 3;
 }
 
-// Where a vectorised item lives: its token within the tile and its first experts / out element.
-template <typename T>
-struct ChunkRef {
-    int tok;
-    const T* experts;
-    T* out;
-};
-
-template <typename T, int kE, int kJ>
-__device__ __forceinline__ ChunkRef<T> locate_chunk(const MoeParams& p, const T* experts, T* out,
-                                                    int64_t first_token, int item) {
-    constexpr int64_t kCh = Lanes<T>::kCount;
-    const int tok = item / p.items_per_token;
-    const int64_t chunk = item - tok * p.items_per_token;
-    const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(first_token + tok));
-    return {tok, experts + off.experts + chunk * (kCh * kE), out + off.out + chunk * (kCh * kJ)};
-}
-
-// One block per tile of tokens. kVectorised: an item is a chunk of CH channels and kE / kJ are E
-// and J. Generic (kE = kJ = 0): an item is one channel and E, J come from the params.
+// One block per tile of tokens. kVectorised: warps take groups of up to 32 chunks (of CH
+// channels) and kE / kJ are E and J. Generic (kE = kJ = 0): an item is one channel row and E, J
+// come from the params.
 template <typename T, bool kVectorised, int kE, int kJ>
 __global__ void __launch_bounds__(kMoeBlockThreads, kVectorised ? moe_min_blocks<T, kE, kJ>() : 3)
     moe_combine_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
                        const T* __restrict__ gate, T* __restrict__ out) {
-    const TileShared tile = tile_shared(p.tokens_per_block);
+    const TileShared tile = tile_shared(p);
     const int64_t first_token = static_cast<int64_t>(blockIdx.x) * p.tokens_per_block;
     const int64_t tokens_left = p.num_tokens - first_token;
     const int tile_tokens =
         static_cast<int>(tokens_left < p.tokens_per_block ? tokens_left : p.tokens_per_block);
-    const int items = tile_tokens * p.items_per_token;
     if constexpr (kVectorised) {
-        const int first_item = threadIdx.x;
-        Vec chunk[kE];
-        ChunkRef<T> ref{0, nullptr, nullptr};
-        if (first_item < items) {
-            ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, first_item);
-            load_chunk<T, kE>(ref.experts, chunk);
+        const int warp = threadIdx.x / kWarpSize;
+        const int lane = threadIdx.x % kWarpSize;
+        const int groups = tile_tokens * ((p.items_per_token + kWarpSize - 1) / kWarpSize);
+        Vec* staging = tile.staging + warp * staging_slots(kE, kJ);
+        Vec raw[kE];
+        ChunkGroup<T> group{0, 0, nullptr, nullptr};
+        if (warp < groups) {
+            group = locate_group<T, kE, kJ>(p, experts, out, first_token, warp);
+            load_group<T, kE>(group, lane, raw);
         }
         stage_tile(p, gate, first_token, tile_tokens, tile);
         __syncthreads();
-        for (int item = first_item; item < items; item += blockDim.x) {
-            if (item != first_item) {
-                ref = locate_chunk<T, kE, kJ>(p, experts, out, first_token, item);
-                load_chunk<T, kE>(ref.experts, chunk);
+        const int warps = blockDim.x / kWarpSize;
+        for (int g = warp; g < groups; g += warps) {
+            if (g != warp) {
+                group = locate_group<T, kE, kJ>(p, experts, out, first_token, g);
+                load_group<T, kE>(group, lane, raw);
             }
-            combine_chunk<T, kE, kJ>(chunk, tile.weights + ref.tok * (kE * kJ), ref.out);
+            finish_group<T, kE, kJ>(group, lane, raw, tile.weights + group.tok * (kE * kJ),
+                                    staging);
         }
     } else {
         stage_tile(p, gate, first_token, tile_tokens, tile);
         __syncthreads();
+        const int items = tile_tokens * p.items_per_token;
         const int weights_per_token = p.num_experts * p.num_outputs;
         for (int item = threadIdx.x; item < items; item += blockDim.x) {
             const int tok = item / p.items_per_token;
@@ -426,10 +490,14 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     p.apply_softmax = desc->apply_softmax;
 
     const bool vectorised = can_vectorise<T>(*desc, p.tokens, experts, out);
+    // Work units per token: warp groups of 32 chunks (vectorised) or channel rows (generic); a
+    // tile holds enough tokens for about one unit per warp or per thread.
     const int64_t items_per_token = vectorised ? desc->channels / Lanes<T>::kCount : desc->channels;
+    const int64_t units_per_token =
+        vectorised ? (items_per_token + kWarpSize - 1) / kWarpSize : items_per_token;
+    const int64_t units_per_block = vectorised ? kMoeBlockThreads / kWarpSize : kMoeBlockThreads;
     const int64_t tokens_per_block = std::max<int64_t>(
-        1, std::min<int64_t>(
-               {kMoeBlockThreads / items_per_token, kMoeMaxTokensPerBlock, num_tokens}));
+        1, std::min<int64_t>({units_per_block / units_per_token, kMoeMaxTokensPerBlock, num_tokens}));
     if (items_per_token * tokens_per_block > std::numeric_limits<int32_t>::max()) {
         return REID_ERROR_UNSUPPORTED_SHAPE;
     }
@@ -439,9 +507,16 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     const int64_t num_tiles = (num_tokens + tokens_per_block - 1) / tokens_per_block;
     if (num_tiles > std::numeric_limits<int32_t>::max()) return REID_ERROR_UNSUPPORTED_SHAPE;
     const unsigned grid = static_cast<unsigned>(num_tiles);
-    const size_t weights_per_token = static_cast<size_t>(desc->num_experts * desc->num_outputs);
-    const size_t shared_bytes = static_cast<size_t>(tokens_per_block) *
-                                (2 * sizeof(int64_t) + weights_per_token * sizeof(float));
+    const size_t weight_bytes = static_cast<size_t>(tokens_per_block) *
+                                static_cast<size_t>(desc->num_experts * desc->num_outputs) *
+                                sizeof(float);
+    size_t shared_bytes = static_cast<size_t>(tokens_per_block) * 2 * sizeof(int64_t) +
+                          (weight_bytes + kVectorBytes - 1) / kVectorBytes * kVectorBytes;
+    if (vectorised) {
+        shared_bytes += static_cast<size_t>(kMoeBlockThreads / kWarpSize) *
+                        staging_slots(static_cast<int>(desc->num_experts),
+                                      static_cast<int>(desc->num_outputs)) * sizeof(Vec);
+    }
 
     MoeKernel<T> kernel = &moe_combine_kernel<T, false, 0, 0>;
     if (vectorised) {
