@@ -468,3 +468,15 @@ def test_bad_inputs_get_clear_errors(rng):
         model(frames, keypoints[:, :, :16], crop_hw, frame_valid, camera)
     with pytest.raises(ValueError, match="frame_valid has 1 clips"):
         model(frames, keypoints, crop_hw, frame_valid[:1], camera)
+
+
+def test_official_preset_accepts_another_datasets_cameras_and_classes(tmp_path):
+    # iLIDS-VID: 2 cameras, 150 identities; the preset fixes the architecture, not the dataset.
+    from reid_export import models
+    model = models.create("keyreid", preset="tiny", cameras=2, classes=150)
+    path = tmp_path / "ilids.pth"
+    torch.save(model.state_dict(), path)
+    loaded = models.load_checkpoint(path, preset="tiny")
+    assert (loaded.reid_config["cameras"], loaded.reid_config["classes"]) == (2, 150)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name

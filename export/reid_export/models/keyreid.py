@@ -440,11 +440,24 @@ def build(**config) -> KeyReID:
     arch = config.pop("arch", ARCH)
     if arch != ARCH:
         raise ValueError(f"config is for arch {arch!r}, not {ARCH!r}")
-    _validate_config(config)
-    model = KeyReID(config)
+    model = build_empty(arch=arch, **config)
     _init_weights(model)
-    return model.eval()
+    return model
 
+
+def build_empty(**config) -> KeyReID:
+    """Like :func:`build` without the random initialisation, for loading a checkpoint (the
+    official model has 219M values: drawing them only to overwrite them costs seconds)."""
+    arch = config.pop("arch", ARCH)
+    if arch != ARCH:
+        raise ValueError(f"config is for arch {arch!r}, not {ARCH!r}")
+    _validate_config(config)
+    return KeyReID(config).eval()
+
+
+# Config fields a checkpoint decides even when the caller names a preset: the dataset's camera
+# and identity counts (MARS 6 / 625, iLIDS-VID 2 / 150, ...).
+CHECKPOINT_FIELDS = ("cameras", "classes", "backbone_classes", "unseen_camera_index")
 
 # Keys only KeyRe-ID has (HAMoBE shares none of them).
 _SIGNATURE_KEYS = ("base.Cam", "base.pos_embed", "base.patch_embed.proj.weight",
@@ -543,11 +556,13 @@ def add_unseen_camera_row(model: KeyReID) -> KeyReID:
 
 
 __all__ = [
+    "CHECKPOINT_FIELDS",
     "HEATMAP_MODES",
     "PRESETS",
     "KeyReID",
     "add_unseen_camera_row",
     "build",
+    "build_empty",
     "config_from_state_dict",
     "matches",
     "randomize_",
