@@ -9,17 +9,16 @@
 //  * vectorised path (rows dense, C a multiple of CH = 16 / sizeof(T), 16-byte aligned tokens,
 //    E <= 8, J <= 4): a chunk is CH consecutive channels of a token. Its experts are CH * E
 //    contiguous values, exactly E 16-byte vectors; its output CH * J values, exactly J vectors.
-//    A warp takes a group of up to 32 consecutive chunks of one token: it loads the group's
-//    vectors lane-consecutively (every warp-wide load is one contiguous 512-byte span), passes
-//    them through a padded shared-memory buffer so each lane holds its own chunk, computes, and
-//    stores the results back the same way. E and J are template parameters: the (channel,
-//    expert) position of every lane of a chunk is a compile-time constant and the chunk stays in
-//    registers. The warp's first loads are issued before the staging barrier so their latency
-//    overlaps the softmax.
+//    A warp takes a group of up to 32 consecutive chunks of one token: it copies the group's
+//    vectors lane-consecutively (every warp-wide copy is one contiguous 512-byte span) with
+//    cp.async into a shared-memory buffer, each lane takes its own chunk from there, combines it
+//    in registers, and the results leave the same way round. E and J are template parameters: the
+//    (channel, expert) position of every lane of a chunk is a compile-time constant. The warp's
+//    first copy is issued before the staging barrier so its latency overlaps the softmax.
 //  * generic path (any strides, any C, any E <= 16 and J <= 8): an item is one channel row, read
 //    and written with its strides.
 // Larger E or J than the vectorised limits take the generic path: their fully unrolled chunks need
-// more than 128 registers per thread (and multiply compile time), see README.md.
+// well over 100 registers per thread (and multiply compile time), see README.md.
 #include "moe_combine_kernel.h"
 
 #include <algorithm>
@@ -28,6 +27,8 @@
 #include <cstring>
 #include <limits>
 #include <utility>
+
+#include <cuda_pipeline_primitives.h>
 
 #include "reid_common.cuh"
 
@@ -187,20 +188,24 @@ __device__ __forceinline__ void stage_tile(const MoeParams& p, const T* __restri
     }
 }
 
-__device__ __forceinline__ Vec load_streaming(const void* src) {
-    // Experts are read exactly once: evict-first keeps them from displacing reusable lines.
-    const uint4 raw = __ldcs(static_cast<const uint4*>(src));
-    return {{raw.x, raw.y, raw.z, raw.w}};
-}
-
 __device__ __forceinline__ void store_vector(void* dst, const Vec& v) {
     *static_cast<uint4*>(dst) = make_uint4(v.word[0], v.word[1], v.word[2], v.word[3]);
+}
+
+// Position of vector s in a warp's staging buffer, whose vectors are written lane-consecutively
+// (s = v * 32 + lane) and read per lane (s = lane * n + v), or the other way round, with n = E for
+// the experts and n = J for the results. 16-byte accesses go in quarter-warps of 8 lanes, which
+// are conflict-free when their slots differ mod 8: true for odd n as is, and for n = 2, 4, 8 with
+// one padding slot after every 8 (n = 6: two-way).
+template <int kStride>
+__device__ __forceinline__ int staging_slot(int s) {
+    return kStride % 2 != 0 ? s : s + (s >> 3);
 }
 
 // One chunk: CH channels x E experts (E input vectors) -> CH channels x J outputs (J output
 // vectors). Lane f of the flattened input is channel f / E, expert f % E; of the output, channel
 // f / J, output f % J. Experts are the outer loop so only one expert's J weights are live next to
-// the raw chunk and the CH x J accumulators.
+// the chunk and the CH x J accumulators.
 template <typename T, int kE, int kJ>
 __device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE],
                                               const float* __restrict__ weights,
@@ -232,12 +237,7 @@ __device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE],
     }
 }
 
-// Position of vector s in a warp's staging buffer: one padding slot after every 8 keeps both the
-// lane-consecutive accesses (s = v * 32 + lane) and the per-lane ones (s = lane * E + v, or J)
-// free of shared-memory bank conflicts for E, J in {1, 2, 3, 4, 5, 7, 8}.
-__device__ __forceinline__ int staging_slot(int s) { return s + (s >> 3); }
-
-// Staging slots per warp: a group's 32 chunks of max(E, J) vectors, padded.
+// Staging slots per warp: a group's 32 chunks of max(E, J) vectors, with padding.
 __host__ __device__ constexpr int staging_slots(int num_experts, int num_outputs) {
     return 36 * (num_experts > num_outputs ? num_experts : num_outputs);
 }
@@ -264,46 +264,49 @@ __device__ __forceinline__ ChunkGroup<T> locate_group(const MoeParams& p, const 
             out + off.out + first_chunk * (kCh * kJ)};
 }
 
-// Lane-consecutive loads of a group's E * chunks vectors: vector v * 32 + lane into raw[v].
+// Starts the lane-consecutive copy of a group's E * chunks experts vectors (vector v * 32 + lane
+// per lane) into the warp's staging buffer, asynchronously (cp.async, L2 only): no registers
+// hold them, and the caller may work while they travel.
 template <typename T, int kE>
-__device__ __forceinline__ void load_group(const ChunkGroup<T>& group, int lane, Vec (&raw)[kE]) {
+__device__ __forceinline__ void copy_group_async(const ChunkGroup<T>& group, int lane,
+                                                 Vec* staging) {
 #pragma unroll
     for (int v = 0; v < kE; ++v) {
         const int s = v * kWarpSize + lane;
-        if (s < group.chunks * kE) raw[v] = load_streaming(group.experts + s * Lanes<T>::kCount);
+        if (s < group.chunks * kE) {
+            __pipeline_memcpy_async(&staging[staging_slot<kE>(s)],
+                                    group.experts + s * Lanes<T>::kCount, sizeof(Vec));
+        }
     }
+    __pipeline_commit();
 }
 
-// The rest of a group after load_group: through `staging` each lane gets its chunk, combines it,
-// and the results go back out lane-consecutively. All lanes of the warp call this together.
+// The rest of a group after copy_group_async: each lane takes its chunk from the staging buffer,
+// combines it, and the results go out lane-consecutively through the same buffer. All lanes of
+// the warp call this together.
 template <typename T, int kE, int kJ>
 __device__ __forceinline__ void finish_group(const ChunkGroup<T>& group, int lane,
-                                             const Vec (&raw)[kE], const float* weights,
-                                             Vec* staging) {
+                                             const float* weights, Vec* staging) {
     constexpr int kCh = Lanes<T>::kCount;
-#pragma unroll
-    for (int v = 0; v < kE; ++v) {
-        const int s = v * kWarpSize + lane;
-        if (s < group.chunks * kE) staging[staging_slot(s)] = raw[v];
-    }
+    __pipeline_wait_prior(0);
     __syncwarp();
     Vec chunk[kE];
     if (lane < group.chunks) {
 #pragma unroll
-        for (int v = 0; v < kE; ++v) chunk[v] = staging[staging_slot(lane * kE + v)];
+        for (int v = 0; v < kE; ++v) chunk[v] = staging[staging_slot<kE>(lane * kE + v)];
     }
     __syncwarp();  // the results reuse the buffer
     if (lane < group.chunks) {
         Vec result[kJ];
         combine_chunk<T, kE, kJ>(chunk, weights, result);
 #pragma unroll
-        for (int v = 0; v < kJ; ++v) staging[staging_slot(lane * kJ + v)] = result[v];
+        for (int v = 0; v < kJ; ++v) staging[staging_slot<kJ>(lane * kJ + v)] = result[v];
     }
     __syncwarp();
 #pragma unroll
     for (int v = 0; v < kJ; ++v) {
         const int s = v * kWarpSize + lane;
-        if (s < group.chunks * kJ) store_vector(group.out + s * kCh, staging[staging_slot(s)]);
+        if (s < group.chunks * kJ) store_vector(group.out + s * kCh, staging[staging_slot<kJ>(s)]);
     }
     __syncwarp();  // the next group refills the buffer
 }
@@ -355,11 +358,10 @@ __global__ void __launch_bounds__(kMoeBlockThreads, kVectorised ? moe_min_blocks
         const int lane = threadIdx.x % kWarpSize;
         const int groups = tile_tokens * ((p.items_per_token + kWarpSize - 1) / kWarpSize);
         Vec* staging = tile.staging + warp * staging_slots(kE, kJ);
-        Vec raw[kE];
         ChunkGroup<T> group{0, 0, nullptr, nullptr};
-        if (warp < groups) {
+        if (warp < groups) {  // the first copy travels while the gate is staged
             group = locate_group<T, kE, kJ>(p, experts, out, first_token, warp);
-            load_group<T, kE>(group, lane, raw);
+            copy_group_async<T, kE>(group, lane, staging);
         }
         stage_tile(p, gate, first_token, tile_tokens, tile);
         __syncthreads();
@@ -367,10 +369,9 @@ __global__ void __launch_bounds__(kMoeBlockThreads, kVectorised ? moe_min_blocks
         for (int g = warp; g < groups; g += warps) {
             if (g != warp) {
                 group = locate_group<T, kE, kJ>(p, experts, out, first_token, g);
-                load_group<T, kE>(group, lane, raw);
+                copy_group_async<T, kE>(group, lane, staging);
             }
-            finish_group<T, kE, kJ>(group, lane, raw, tile.weights + group.tok * (kE * kJ),
-                                    staging);
+            finish_group<T, kE, kJ>(group, lane, tile.weights + group.tok * (kE * kJ), staging);
         }
     } else {
         stage_tile(p, gate, first_token, tile_tokens, tile);

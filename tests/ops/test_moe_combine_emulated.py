@@ -71,7 +71,7 @@ def lib(tmp_path_factory):
     command = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
                "-Wl,-Bsymbolic", "-o", str(library),
                str(HERE / "moe_cpu_emulation" / "harness.cpp"), "-I", str(build),
-               "-I", str(HERE / "kpp_cpu_emulation"), "-I", str(ROOT / "kernels" / "moe_combine"),
+               "-I", str(HERE / "moe_cpu_emulation"), "-I", str(HERE / "kpp_cpu_emulation"), "-I", str(ROOT / "kernels" / "moe_combine"),
                "-I", str(ROOT / "kernels"), "-I", str(ROOT / "kernels" / "common"),
                "-I", str(CUDA_INCLUDE)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -219,8 +219,9 @@ def test_token_axes_with_broadcast_gate(lib, lead, gate_lead):
 
 
 def test_many_tiles_and_many_items_per_thread(lib):
+    # fp16 C=320: 40 chunks per token, a full warp group of 32 and a partial one of 8
     for lead, channels, dtype in (((37,), 64, torch.float16), ((2,), 4096, torch.float32),
-                                  ((3,), 4097, torch.float32)):
+                                  ((3,), 4097, torch.float32), ((5,), 320, torch.float16)):
         experts, gate = inputs(lead, channels, 8, 3, dtype=dtype)
         got, _ = run(lib, experts, gate)
         truth = moe_combine(experts.double(), gate.double())

@@ -3,13 +3,15 @@
 // per CUDA thread. The test generates kernel_source.cpp from the .cu, redirecting only the launch
 // syntax and the dynamic shared memory declaration to emulated_launch / emulated_moe_shared, and
 // calls the library's own reid_moe_combine_* entry points through ctypes on host memory.
-// The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads) come from the KeypointPatchPool
-// emulation's shim; this file adds what MoECombine uses beyond them.
+// The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads, warp barriers) come from the
+// KeypointPatchPool emulation's shim; this file and cuda_pipeline_primitives.h beside it add what
+// MoECombine uses beyond them.
 #define __grid_constant__  // before the CUDA headers: kernel parameters are plain values here
 
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -18,7 +20,9 @@
 inline EmulatedDim gridDim;
 inline float4* emulated_moe_shared = nullptr;
 
-inline uint4 __ldcs(const uint4* address) { return *address; }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+    emulated_warp_barrier[threadIdx.x / 32]->arrive_and_wait();
+}
 
 inline float __uint_as_float(unsigned bits) {
     float value;
@@ -52,6 +56,11 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, int threads, size
     emulated_last_grid = grid;
     std::barrier<> block_barrier(threads);
     emulated_block_barrier = &block_barrier;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    for (int w = 0; w < threads / 32; ++w) {
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+        emulated_warp_barrier[w] = warp_barriers.back().get();
+    }
     const float garbage = std::numeric_limits<float>::quiet_NaN();
     std::vector<std::thread> workers;
     for (int t = 0; t < threads; ++t) {
