@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     log_every: int = 50
+    max_minutes: float = 0.0        # > 0: stop (and save) after this much training time
 
 
 class TrackletSet:
@@ -216,6 +217,9 @@ def train(model, dataset: TrackletSet, config: TrainConfig, *, log=print):
     model.train()
     history, start, running = [], time.perf_counter(), []
     for step in range(config.steps):
+        if config.max_minutes and time.perf_counter() - start > 60 * config.max_minutes:
+            log(f"stopping at step {step}: --max-minutes {config.max_minutes} reached")
+            break
         arrays, labels = make_batch(dataset, batch_indices(dataset, config, rng), contract, rng,
                                     config.flip)
         inputs = [torch.from_numpy(a).to(device) for a in arrays]
