@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(ARCHS),
                         help="comma-separated subset of hamobe,keyreid")
     parser.add_argument("--bench-preset", default="demo", help="synthetic benchmark preset")
-    parser.add_argument("--seed", type=int, default=1, help="benchmark seed (train used 0)")
+    parser.add_argument("--seed", type=int, default=0, help="benchmark seed: 0 is the world (cameras) the default models were trained in, with test identities they never saw")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch vs ONNX Runtime comparison (faster)")
     parser.add_argument("--no-progress", action="store_true")
