@@ -24,6 +24,8 @@ def _model_from_args(args, spec=None):
     from reid_export import models
 
     dtype = getattr(args, "backbone_dtype", None)
+    if dtype and args.arch not in (None, "hamobe"):
+        raise ValueError("--backbone-dtype applies to HAMoBE's CLIP backbone only")
     overrides = {"backbone_dtype": dtype} if dtype else {}
     if args.checkpoint:
         model = models.load_checkpoint(args.checkpoint, arch=args.arch, preset=args.preset,
