@@ -493,7 +493,7 @@ def assert_close_rows(got, want, min_cosine=0.99999, atol=5e-3):
     np.testing.assert_allclose(got, want, atol=atol, rtol=1e-3)
 
 
-@pytest.mark.gpu
+@pytest.mark.cuda_ep
 def test_cuda_ep_matches_cpu(models, rng):
     tracklets, keypoints, cameras = keyreid_inputs(rng, KEYREID_LENGTHS)
     gpu = reid_sdk.Engine(models["keyreid"], providers=["CUDAExecutionProvider",
@@ -504,7 +504,7 @@ def test_cuda_ep_matches_cpu(models, rng):
                       cpu.embed(tracklets, keypoints=keypoints, camera=cameras))
 
 
-@pytest.mark.gpu
+@pytest.mark.cuda_ep
 def test_default_providers_on_the_gpu_machine_never_crash(models, rng):
     """onnxruntime-gpu lists the TensorRT EP; without the TensorRT libraries the engine must
     warn and run on the CUDA EP."""
