@@ -7,6 +7,7 @@
     reid-export validate keyreid.onnx --random --frames data/query
     reid-export synth data/synth --preset demo
     reid-export train --arch keyreid --preset tiny --data data/synth --out keyreid_tiny.safetensors
+    reid-export trt hamobe.onnx --out hamobe.plan --max-batch 32
 """
 from __future__ import annotations
 
@@ -96,8 +97,13 @@ def _train_main(argv) -> int:
     return train_main(argv)
 
 
+def _trt_main(argv) -> int:
+    from reid_export.trt_build import main as trt_main
+    return trt_main(argv)
+
+
 # Subcommands with parsers of their own: everything after the name is theirs.
-DELEGATED = {"synth": _synth_main, "train": _train_main}
+DELEGATED = {"synth": _synth_main, "train": _train_main, "trt": _trt_main}
 
 
 def _add_model_source(parser, *, random_help):
@@ -148,19 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("synth", help="generate the synthetic video ReID benchmark (synth --help)")
     sub.add_parser("train", help="train a preset on a tracklet folder (train --help)")
+    sub.add_parser("trt", help="build a TensorRT engine + sidecar from an ONNX model (trt --help)")
     return parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]](argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = argv[0] if argv else None
     try:
+        if command in DELEGATED:
+            return DELEGATED[command](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"reid-export {args.command}: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        print(f"reid-export {command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from reid_sdk.backends import Backend, TensorDesc, check_io, io_contract, resolve_batch_limits
+from reid_sdk._atomic import atomic_write
 from reid_sdk.errors import (BackendError, BackendUnavailableError, EngineFileError, InputError,
                              SpecError)
 from reid_sdk.spec import EngineSpec
@@ -71,10 +72,8 @@ def write_sidecar(engine_path: str | os.PathLike, spec: EngineSpec | Mapping) ->
     record = {"spec": spec.data, "engine_sha256": hashlib.sha256(data).hexdigest(),
               "engine_bytes": len(data)}
     path = sidecar_path(engine_path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True).encode())
     return path
 
 
@@ -225,7 +224,8 @@ _LOADED_PLUGIN_LIBRARIES: dict[str, object] = {}
 _LOGGER = None
 
 
-def _logger(trt):
+def tensorrt_logger(trt):
+    """The process-wide TensorRT logger (warnings and errors)."""
     global _LOGGER
     if _LOGGER is None:  # TensorRT wants one logger per process
         _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -277,7 +277,7 @@ class TensorRTBackend(Backend):
         self.device = int(device)
         _cuda(cudart, cudart.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
 
-        self._runtime = trt.Runtime(_logger(trt))
+        self._runtime = trt.Runtime(tensorrt_logger(trt))
         self._engine = engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EngineFileError(
