@@ -92,13 +92,13 @@ def main(argv=None) -> int:
             rows = gpu_rows(Path(tmp), args.presets, args.archs, args.batch_size, args.tracklets)
         else:
             rows = cpu_rows(Path(tmp))
-    engine_rows = [r for r in rows if r["bench"] in ("preprocess", "embed", "parity")]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+    engine_rows = [r for r in rows if r.get("bench") in ("preprocess", "embed", "parity")]
     print(bench_engine.format_rows(engine_rows))
     gallery_rows = [r for r in rows if r not in engine_rows]
     if gallery_rows:
         print(bench_gallery.format_table(gallery_rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str))
     return 0
 
 
