@@ -1,27 +1,34 @@
 // KeypointPatchPool: COCO keypoints -> KeyRe-ID's per-part patch weights, without materialising
-// any heatmap (kernels/keypoint_patch_pool/README.md has the chain and the official code it
-// follows).
+// any heatmap (kernels/keypoint_patch_pool/README.md has the chain, the algorithm and the official
+// code it follows).
 //
-// One block per (clip, part) loops over the clip's frames and keeps the running sum over frames
-// of each patch value in shared memory: the mean over T needs no atomics and no second pass, so
-// results are deterministic. Per drawn frame:
-//   1. The part's joints: truncated centres, drawn or not (confidence, window meets the crop).
+// One block per (clip, part) takes the clip's frames in rounds and works on all frames of a round
+// at once (the pooled kernel; keypoint_patch_pool_kernel.h lists the variants):
+//   1. One warp per frame reads the part's joints: truncated centres, drawn or not (confidence,
+//      window meets the crop).
 //   2. The part's maximum over the crop (it scales the min-max epsilon). max mode: the value at
 //      each window's point nearest its centre. paper mode: the average of the windows covering
 //      a pixel can peak between joints; any pixel above the best joint-nearest value L lies
 //      within radius rho of some centre, g(rho) = L, so only those boxes are scanned.
-//   3. The bilinear resize is evaluated per output pixel from its four source taps, whose heat
-//      values are closed-form sums over the part's joints. Only patches whose source footprint
-//      meets a window are evaluated (each by one warp, in a fixed lane order); the others are
-//      exactly 0, which also settles the map's minimum.
+//   3. Patches whose source footprint meets a drawn window go to a work list (the others are
+//      exactly 0, which also settles the map's minimum), with the paper boxes; warps take items
+//      as they finish, the costly ones first. Window values factor into 1-D row and column
+//      factors, and the bilinear resize is separable, so a patch only one window reaches is
+//      (row profile) x (column profile): its sum, minimum and maximum come from 2 * patch values.
+//      Other patches are evaluated per output pixel from their four source taps.
 //   4. min-max, (x - 0.5) / 0.5 and the patch means are affine, so each patch's value follows
-//      from its sum of resized values and the map's min and max.
+//      from its sum and the frame's map minimum and maximum (order-free atomic min / max).
+// Each patch sum is written by one warp in a fixed lane order and frames are added in order, so
+// results do not depend on scheduling: deterministic with no second pass and no global scratch.
 // Window values are exp2(s d^2) with s = -8 log2(e) / M^2 (M = 2r + 1, std M / 4); the kernels'
 // sum-1 / max-1 scale cancels in the division by the part's maximum.
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "keypoint_patch_pool_kernel.h"
 #include "reid_common.cuh"
@@ -30,11 +37,16 @@ namespace reid {
 namespace {
 
 constexpr int kWarpSize = 32;
+constexpr int kHalfWarp = kWarpSize / 2;
 constexpr int kWarps = kKppBlockThreads / kWarpSize;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kMinMaxEps = 1e-6f;  // heatmap_loader.py: Min_Max_Scaling(eps=1e-6)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNoJoint = INT_MAX;
+// Most windows a lane-column patch evaluation keeps in registers (KeyRe-ID parts have <= 5).
+constexpr int kLaneJoints = 8;
+// Bits of a single-window work item that name the window's slot (REID_KPP_MAX_PART_JOINTS).
+constexpr int kSlotBits = 6;
 
 enum KppFrameState : int {
     kFrameSkipped = 0,   // padding frame: contributes 0
@@ -98,19 +110,6 @@ __device__ __forceinline__ float heat_at(int y, int x, const KppJoint* joints, u
     return nearest == kNoJoint ? 0.f : exp2f(frame.exp2_scale * static_cast<float>(nearest));
 }
 
-// The resized (unnormalised) map at output pixel (oy, ox).
-__device__ __forceinline__ float resized_at(int oy, int ox, int out_h, int out_w,
-                                            const KppJoint* joints, uint64_t mask,
-                                            const KppFrame& frame, bool paper) {
-    const BilinearTap ty = bilinear_tap(oy, frame.height, out_h);
-    const BilinearTap tx = bilinear_tap(ox, frame.width, out_w);
-    const float top = (1.f - tx.frac) * heat_at(ty.low, tx.low, joints, mask, frame, paper) +
-                      tx.frac * heat_at(ty.low, tx.high, joints, mask, frame, paper);
-    const float bottom = (1.f - tx.frac) * heat_at(ty.high, tx.low, joints, mask, frame, paper) +
-                         tx.frac * heat_at(ty.high, tx.high, joints, mask, frame, paper);
-    return (1.f - ty.frac) * top + ty.frac * bottom;
-}
-
 // Drawn joints whose window meets the source rows and columns patch `k` samples (a superset of
 // the joints that reach its pixels: the taps of its rows lie between the first row's low tap
 // and the last row's high tap).
@@ -148,30 +147,21 @@ __device__ __forceinline__ float extreme(float a, float b) {
     return kMax ? fmaxf(a, b) : fminf(a, b);
 }
 
-// Block-wide max (or min); every thread gets the result. Contains two barriers.
 template <bool kMax>
-__device__ __forceinline__ float block_extreme(float v, float* scratch) {
+__device__ __forceinline__ float warp_extreme(float v) {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
         v = extreme<kMax>(v, __shfl_xor_sync(kFullMask, v, offset));
     }
-    if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
-    __syncthreads();
-    float result = scratch[0];
-    for (int w = 1; w < kWarps; ++w) result = extreme<kMax>(result, scratch[w]);
-    __syncthreads();
-    return result;
+    return v;
 }
 
-// Block-shared state of one (clip, part) block besides the K-long arrays.
-struct KppShared {
-    KppJoint joints[REID_KPP_MAX_PART_JOINTS];
-    KppFrame frame;
-    unsigned drawn_bits[2];
-    int num_active;
-    float scratch[kWarps];
-};
+// The block's dynamic shared memory (the K-long arrays).
+__device__ __forceinline__ float* kpp_dynamic_shared() {
+    extern __shared__ float kpp_shared[];
+    return kpp_shared;
+}
 
-// Thread 0: frame t of `clip` (validity, crop size, radius, state).
+// Frame t of `clip`: validity, crop size, radius, state.
 __device__ KppFrame read_frame(const reid_keypoint_patch_pool_desc& desc, const int32_t* crop_hw,
                                const uint8_t* frame_valid, int64_t clip, int64_t t) {
     const bool valid =
@@ -192,6 +182,478 @@ __device__ KppFrame read_frame(const reid_keypoint_patch_pool_desc& desc, const 
     return frame;
 }
 
+// Joint `joint` of frame t: its truncated centre and whether its window is drawn on `frame`.
+// The loads do not depend on `frame`, so they overlap with the frame's own.
+template <typename T>
+__device__ __forceinline__ bool read_joint(const reid_keypoint_patch_pool_desc& desc,
+                                           const T* keypoints, int64_t clip, int64_t t, int joint,
+                                           const KppFrame& frame, KppJoint* centre) {
+    const T* kp = keypoints + clip * desc.keypoints_strides[0] + t * desc.keypoints_strides[1] +
+                  joint * desc.keypoints_strides[2];
+    const float x = truncf(to_float(kp[0]));  // Python int(): toward zero
+    const float y = truncf(to_float(kp[desc.keypoints_strides[3]]));
+    const float confidence = to_float(kp[2 * desc.keypoints_strides[3]]);
+    const float r = static_cast<float>(frame.radius);
+    // Comparisons are false for NaN: a NaN coordinate or confidence is not drawn.
+    const bool drawn = frame.state == kFrameDrawn && confidence > desc.vis_thresh &&
+                       x + r >= 0.f && x - r <= static_cast<float>(frame.width - 1) &&
+                       y + r >= 0.f && y - r <= static_cast<float>(frame.height - 1);
+    *centre = KppJoint{drawn ? static_cast<int>(x) : 0, drawn ? static_cast<int>(y) : 0};
+    return drawn;
+}
+
+// -------------------------------------------------------------------------------------------
+// Pooled kernel (variants pooled_lanes and pooled)
+// -------------------------------------------------------------------------------------------
+
+// One axis of a window: exp2(s d^2) for |d| <= r, 0 outside (a window value is the product of
+// its row and column factors). d * d is exact in float for |d| <= kKppMaxSide / 11.
+__device__ __forceinline__ float window_factor(int d, const KppFrame& frame) {
+    const float distance = static_cast<float>(d);
+    return abs(d) <= frame.radius ? exp2f(frame.exp2_scale * (distance * distance)) : 0.f;
+}
+
+// The part's heat at the four source taps (row low/high x column low/high) of one output pixel,
+// accumulated window by window from the windows' 1-D factors. A factor is > 0 exactly inside
+// the window's rows (columns): exp2(s r^2) >= exp2(-2 log2 e) > 0.
+struct TapHeat {
+    float value[4] = {0.f, 0.f, 0.f, 0.f};
+    float count[4] = {0.f, 0.f, 0.f, 0.f};  // paper: covering windows per tap
+
+    __device__ __forceinline__ void add(float row_low, float row_high, float col_low,
+                                        float col_high, bool paper) {
+        const float products[4] = {row_low * col_low, row_low * col_high, row_high * col_low,
+                                   row_high * col_high};
+#pragma unroll
+        for (int tap = 0; tap < 4; ++tap) {
+            if (paper) {
+                value[tap] += products[tap];
+                count[tap] += products[tap] > 0.f ? 1.f : 0.f;
+            } else {
+                value[tap] = fmaxf(value[tap], products[tap]);
+            }
+        }
+    }
+
+    // The resized (unnormalised) map at the pixel: bilinear in the four taps.
+    __device__ __forceinline__ float resized(float row_frac, float col_frac, bool paper) const {
+        float heat[4];
+#pragma unroll
+        for (int tap = 0; tap < 4; ++tap) {
+            heat[tap] = paper && count[tap] > 0.f ? value[tap] / count[tap] : value[tap];
+        }
+        const float top = (1.f - col_frac) * heat[0] + col_frac * heat[1];
+        const float bottom = (1.f - col_frac) * heat[2] + col_frac * heat[3];
+        return (1.f - row_frac) * top + row_frac * bottom;
+    }
+};
+
+// Sum, minimum and maximum of the resized map over one patch (values are >= 0).
+struct PatchStats {
+    float sum, low, high;
+
+    __device__ __forceinline__ static PatchStats empty() { return {0.f, FLT_MAX, 0.f}; }
+
+    __device__ __forceinline__ void add(float v) {
+        sum += v;
+        low = fminf(low, v);
+        high = fmaxf(high, v);
+    }
+
+    // Butterfly over lanes in a fixed order: offsets first_offset, first_offset / 2, ..., 1
+    // (kHalfWarp / 2 keeps each half-warp apart).
+    __device__ __forceinline__ PatchStats reduced(int first_offset) const {
+        PatchStats s = *this;
+        for (int offset = first_offset; offset > 0; offset /= 2) {
+            s.sum += __shfl_xor_sync(kFullMask, s.sum, offset);
+            s.low = fminf(s.low, __shfl_xor_sync(kFullMask, s.low, offset));
+            s.high = fmaxf(s.high, __shfl_xor_sync(kFullMask, s.high, offset));
+        }
+        return s;
+    }
+};
+
+// Block-shared state of one round (up to kKppMaxGroupFrames frames) besides the K-long arrays.
+struct KppRoundShared {
+    KppFrame frames[kKppMaxGroupFrames];
+    uint64_t drawn[kKppMaxGroupFrames];
+    // Non-negative floats kept as their bits (same order as the floats), combined with atomic
+    // min / max: the result does not depend on the order.
+    unsigned nearest_max[kKppMaxGroupFrames];  // best heat at the drawn joints' nearest points
+    unsigned scanned_max[kKppMaxGroupFrames];  // paper: best heat inside the scanned boxes
+    unsigned map_low[kKppMaxGroupFrames];      // the resized map's minimum
+    unsigned map_high[kKppMaxGroupFrames];     // the resized map's maximum
+    KppJoint joints[kKppMaxRoundSlots];        // [frame in round][slot]
+    int boxes[kKppMaxRoundSlots];              // paper: frame * num_slots + slot to scan
+    int num_boxes, num_multi, num_single, next_item;
+};
+
+// Step 1, one warp per frame: the frame and its part's joints. Lane 0 resets the frame's
+// accumulators.
+template <typename T>
+__device__ void read_round_frame(const reid_keypoint_patch_pool_desc& desc, const T* keypoints,
+                                 const int32_t* crop_hw, const uint8_t* frame_valid, int64_t clip,
+                                 int64_t t, int first_slot, int num_slots, int g,
+                                 KppRoundShared& sh) {
+    const int lane = threadIdx.x % kWarpSize;
+    const KppFrame frame = read_frame(desc, crop_hw, frame_valid, clip, t);
+    uint64_t drawn = 0;
+    for (int base = 0; base < num_slots; base += kWarpSize) {
+        const int slot = base + lane;
+        bool is_drawn = false;
+        if (slot < num_slots) {
+            KppJoint centre;
+            is_drawn = read_joint(desc, keypoints, clip, t, desc.part_joints[first_slot + slot],
+                                  frame, &centre);
+            sh.joints[g * num_slots + slot] = centre;
+        }
+        drawn |= static_cast<uint64_t>(__ballot_sync(kFullMask, is_drawn)) << base;
+    }
+    if (lane == 0) {
+        sh.frames[g] = frame;
+        sh.drawn[g] = drawn;
+        sh.nearest_max[g] = 0u;
+        sh.scanned_max[g] = 0u;
+        sh.map_low[g] = __float_as_uint(FLT_MAX);
+        sh.map_high[g] = 0u;
+    }
+}
+
+// Step 2: each drawn joint's nearest-point heat; the paper boxes; the patch work list.
+// Multi-window patches fill `items` from the front, single-window ones from the back (with the
+// window's slot in the low kSlotBits); patches no window reaches get their sum 0 here.
+__device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slots, int frames,
+                          bool paper, KppRoundShared& sh, float* patch_sums, int* items,
+                          int capacity) {
+    for (int e = threadIdx.x; e < frames * num_slots; e += blockDim.x) {
+        const int g = e / num_slots;
+        const uint64_t drawn = sh.drawn[g];
+        if (((drawn >> (e % num_slots)) & 1) == 0) continue;
+        const KppFrame frame = sh.frames[g];
+        const KppJoint joint = sh.joints[e];
+        const float nearest = heat_at(min(max(joint.y, 0), frame.height - 1),
+                                      min(max(joint.x, 0), frame.width - 1),
+                                      sh.joints + g * num_slots, drawn, frame, paper);
+        atomicMax(&sh.nearest_max[g], __float_as_uint(nearest));
+        if (paper) sh.boxes[atomicAdd(&sh.num_boxes, 1)] = e;
+    }
+    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    for (int e = threadIdx.x; e < frames * num_patches; e += blockDim.x) {
+        const int g = e / num_patches;
+        const uint64_t drawn = sh.drawn[g];
+        if (drawn == 0) continue;  // nothing drawn: the frame's value is a constant
+        const uint64_t relevant = patch_joints(e % num_patches, desc, sh.joints + g * num_slots,
+                                               drawn, sh.frames[g]);
+        if (relevant == 0) {
+            patch_sums[e] = 0.f;
+            atomicMin(&sh.map_low[g], 0u);
+        } else if ((relevant & (relevant - 1)) == 0) {
+            const int slot = __ffsll(static_cast<long long>(relevant)) - 1;
+            items[capacity - 1 - atomicAdd(&sh.num_single, 1)] = (e << kSlotBits) | slot;
+        } else {
+            items[atomicAdd(&sh.num_multi, 1)] = e;
+        }
+    }
+}
+
+// Paper: the largest heat inside the box around drawn joint `e` (frame * num_slots + slot) that
+// can hold pixels above the frame's best nearest-point value. Whole warp.
+__device__ void scan_box(int e, int num_slots, KppRoundShared& sh) {
+    const int g = e / num_slots;
+    const KppFrame frame = sh.frames[g];
+    const KppJoint* joints = sh.joints + g * num_slots;
+    const KppJoint centre = sh.joints[e];
+    // Pixels above best_nearest lie within rho of a centre: exp2(s rho^2) = best_nearest.
+    const float best_nearest = __uint_as_float(sh.nearest_max[g]);
+    const float rho2 = fmaxf(log2f(best_nearest) / frame.exp2_scale, 0.f);
+    const int half = min(frame.radius, static_cast<int>(ceilf(sqrtf(rho2))) + 1);
+    const int y0 = max(centre.y - half, 0);
+    const int y1 = min(centre.y + half, frame.height - 1);
+    const int x0 = max(centre.x - half, 0);
+    const int x1 = min(centre.x + half, frame.width - 1);
+    if (y1 < y0 || x1 < x0) return;
+    uint64_t covering = 0;  // only windows that meet the box reach its pixels
+    for (uint64_t mask = sh.drawn[g]; mask; mask &= mask - 1) {
+        const int slot = __ffsll(static_cast<long long>(mask)) - 1;
+        const KppJoint joint = joints[slot];
+        if (joint.y + frame.radius >= y0 && joint.y - frame.radius <= y1 &&
+            joint.x + frame.radius >= x0 && joint.x - frame.radius <= x1) {
+            covering |= uint64_t{1} << slot;
+        }
+    }
+    const int box_w = x1 - x0 + 1;
+    const int box_area = box_w * (y1 - y0 + 1);
+    float best = 0.f;
+    for (int i = threadIdx.x % kWarpSize; i < box_area; i += kWarpSize) {
+        best = fmaxf(best, heat_at(y0 + i / box_w, x0 + i % box_w, joints, covering, frame, true));
+    }
+    best = warp_extreme<true>(best);
+    if (threadIdx.x % kWarpSize == 0) atomicMax(&sh.scanned_max[g], __float_as_uint(best));
+}
+
+// A patch one window reaches: the resized map is (row profile) x (column profile) there, both
+// >= 0, so the patch's sum, minimum and maximum are products of the profiles' own. Lanes 0-15
+// take the rows, 16-31 the columns. Whole warp; lane 0 holds the result.
+__device__ PatchStats separable_patch(int row0, int col0, KppJoint joint, const KppFrame& frame,
+                                      const reid_keypoint_patch_pool_desc& desc) {
+    const int lane = threadIdx.x % kWarpSize;
+    const bool column = lane >= kHalfWarp;
+    const int in_size = column ? frame.width : frame.height;
+    const int out_size = column ? desc.out_w : desc.out_h;
+    const int origin = column ? col0 : row0;
+    const int centre = column ? joint.x : joint.y;
+    PatchStats profile = PatchStats::empty();
+    for (int i = lane % kHalfWarp; i < desc.patch; i += kHalfWarp) {
+        const BilinearTap tap = bilinear_tap(origin + i, in_size, out_size);
+        profile.add((1.f - tap.frac) * window_factor(tap.low - centre, frame) +
+                    tap.frac * window_factor(tap.high - centre, frame));
+    }
+    const PatchStats rows = profile.reduced(kHalfWarp / 2);
+    PatchStats columns;
+    columns.sum = __shfl_sync(kFullMask, rows.sum, kHalfWarp);
+    columns.low = __shfl_sync(kFullMask, rows.low, kHalfWarp);
+    columns.high = __shfl_sync(kFullMask, rows.high, kHalfWarp);
+    return {rows.sum * columns.sum, rows.low * columns.low, rows.high * columns.high};
+}
+
+// Any patch, per output pixel: lanes take pixels in row-major order. Whole warp.
+__device__ PatchStats per_pixel_patch(int row0, int col0, uint64_t relevant,
+                                      const KppJoint* joints, const KppFrame& frame,
+                                      const reid_keypoint_patch_pool_desc& desc, bool paper) {
+    PatchStats stats = PatchStats::empty();
+    const int area = desc.patch * desc.patch;
+    for (int i = threadIdx.x % kWarpSize; i < area; i += kWarpSize) {
+        const BilinearTap ty = bilinear_tap(row0 + i / desc.patch, frame.height, desc.out_h);
+        const BilinearTap tx = bilinear_tap(col0 + i % desc.patch, frame.width, desc.out_w);
+        TapHeat heat;
+        for (uint64_t mask = relevant; mask; mask &= mask - 1) {
+            const KppJoint joint = joints[__ffsll(static_cast<long long>(mask)) - 1];
+            heat.add(window_factor(ty.low - joint.y, frame),
+                     window_factor(ty.high - joint.y, frame),
+                     window_factor(tx.low - joint.x, frame),
+                     window_factor(tx.high - joint.x, frame), paper);
+        }
+        stats.add(heat.resized(ty.frac, tx.frac, paper));
+    }
+    return stats.reduced(kWarpSize / 2);
+}
+
+// A patch of side <= 32 reached by <= kLaneJoints windows: lane l owns output column l % patch
+// (rows l / patch, + 32 / patch, ...) and keeps its columns' window factors in registers; lane
+// r also computes row r's factors, which the others read by shuffle. Whole warp.
+__device__ PatchStats lane_column_patch(int row0, int col0, uint64_t relevant,
+                                        const KppJoint* joints, const KppFrame& frame,
+                                        const reid_keypoint_patch_pool_desc& desc, bool paper) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int patch = desc.patch;
+    const int rows_per_pass = kWarpSize / patch;
+    const int phase = lane / patch;
+    const BilinearTap tx = bilinear_tap(col0 + lane % patch, frame.width, desc.out_w);
+    const BilinearTap ty = bilinear_tap(row0 + min(lane, patch - 1), frame.height, desc.out_h);
+    float col_low[kLaneJoints], col_high[kLaneJoints], row_low[kLaneJoints], row_high[kLaneJoints];
+    uint64_t mask = relevant;
+#pragma unroll
+    for (int q = 0; q < kLaneJoints; ++q) {
+        const bool used = mask != 0;
+        const KppJoint joint = used ? joints[__ffsll(static_cast<long long>(mask)) - 1]
+                                    : KppJoint{0, 0};
+        mask &= mask - 1;
+        col_low[q] = used ? window_factor(tx.low - joint.x, frame) : 0.f;
+        col_high[q] = used ? window_factor(tx.high - joint.x, frame) : 0.f;
+        row_low[q] = used ? window_factor(ty.low - joint.y, frame) : 0.f;
+        row_high[q] = used ? window_factor(ty.high - joint.y, frame) : 0.f;
+    }
+    const int num_windows = __popcll(relevant);
+    PatchStats stats = PatchStats::empty();
+    const int passes = (patch + rows_per_pass - 1) / rows_per_pass;
+    for (int pass = 0; pass < passes; ++pass) {
+        // Every lane shuffles (lanes without a pixel read row 0 and drop it).
+        const int row = pass * rows_per_pass + phase;
+        const bool has_pixel = phase < rows_per_pass && row < patch;
+        const int source = has_pixel ? row : 0;
+        const float row_frac = __shfl_sync(kFullMask, ty.frac, source);
+        TapHeat heat;
+#pragma unroll
+        for (int q = 0; q < kLaneJoints; ++q) {
+            if (q < num_windows) {
+                heat.add(__shfl_sync(kFullMask, row_low[q], source),
+                         __shfl_sync(kFullMask, row_high[q], source), col_low[q], col_high[q],
+                         paper);
+            }
+        }
+        if (has_pixel) stats.add(heat.resized(row_frac, tx.frac, paper));
+    }
+    return stats.reduced(kWarpSize / 2);
+}
+
+// Steps 2b and 3: warps take work items until the list is empty: paper boxes, multi-window
+// patches, single-window patches (costliest first). Lane 0 stores each patch's sum and folds
+// its minimum and maximum into the frame's.
+__device__ void run_work(const reid_keypoint_patch_pool_desc& desc, int num_slots, bool paper,
+                         bool lane_columns, KppRoundShared& sh, float* patch_sums,
+                         const int* items, int capacity) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int num_boxes = sh.num_boxes;
+    const int num_multi = sh.num_multi;
+    const int num_items = num_boxes + num_multi + sh.num_single;
+    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    const int grid_w = desc.out_w / desc.patch;
+    for (;;) {
+        int item = 0;
+        if (lane == 0) item = atomicAdd(&sh.next_item, 1);
+        item = __shfl_sync(kFullMask, item, 0);
+        if (item >= num_items) break;
+        if (item < num_boxes) {
+            scan_box(sh.boxes[item], num_slots, sh);
+            continue;
+        }
+        item -= num_boxes;
+        const int code = item < num_multi ? items[item] : items[capacity - 1 - (item - num_multi)];
+        const int e = item < num_multi ? code : code >> kSlotBits;
+        const int g = e / num_patches;
+        const int k = e % num_patches;
+        const KppFrame frame = sh.frames[g];
+        const KppJoint* joints = sh.joints + g * num_slots;
+        const int row0 = (k / grid_w) * desc.patch;
+        const int col0 = (k % grid_w) * desc.patch;
+        PatchStats stats;
+        if (item >= num_multi) {
+            stats = separable_patch(row0, col0, joints[code & ((1 << kSlotBits) - 1)], frame, desc);
+        } else {
+            const uint64_t relevant = patch_joints(k, desc, joints, sh.drawn[g], frame);
+            if (lane_columns && desc.patch <= kWarpSize && __popcll(relevant) <= kLaneJoints) {
+                stats = lane_column_patch(row0, col0, relevant, joints, frame, desc, paper);
+            } else {
+                stats = per_pixel_patch(row0, col0, relevant, joints, frame, desc, paper);
+            }
+        }
+        if (lane == 0) {
+            patch_sums[e] = stats.sum;
+            atomicMin(&sh.map_low[g], __float_as_uint(stats.low));
+            atomicMax(&sh.map_high[g], __float_as_uint(stats.high));
+        }
+    }
+}
+
+// Step 4: adds the round's frames, in order, to each patch's running total. Returns whether a
+// frame of the round is poisoned.
+__device__ bool add_round(const reid_keypoint_patch_pool_desc& desc, int frames,
+                          const KppRoundShared& sh, const float* patch_sums, float* frame_total) {
+    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    const float inv_area = 1.f / static_cast<float>(desc.patch * desc.patch);
+    bool poisoned = false;
+    for (int g = 0; g < frames; ++g) poisoned |= sh.frames[g].state == kFramePoisoned;
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
+        float total = frame_total[k];
+        for (int g = 0; g < frames; ++g) {
+            const int state = sh.frames[g].state;
+            if (state == kFrameSkipped || state == kFramePoisoned) continue;
+            if (state == kFrameConstant || sh.drawn[g] == 0) {  // the official all-zero map
+                total += -1.f;
+                continue;
+            }
+            const float low = __uint_as_float(sh.map_low[g]);
+            const float high = __uint_as_float(sh.map_high[g]);
+            const float part_max = fmaxf(__uint_as_float(sh.nearest_max[g]),
+                                         __uint_as_float(sh.scanned_max[g]));
+            // min-max, (x - 0.5) / 0.5 and the patch mean are affine: one scale.
+            const float scale = 2.f / (high - low + kMinMaxEps * part_max);
+            total += (patch_sums[g * num_patches + k] * inv_area - low) * scale - 1.f;
+        }
+        frame_total[k] = total;
+    }
+    return poisoned;
+}
+
+// Three blocks per SM (<= 85 registers): B = 64 clips x 6 parts then run in one wave on 132 SMs.
+template <typename T>
+__global__ void __launch_bounds__(kKppBlockThreads, 3)
+keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
+                           const T* __restrict__ keypoints, const int32_t* __restrict__ crop_hw,
+                           const uint8_t* __restrict__ frame_valid, T* __restrict__ out,
+                           int group_frames, bool lane_columns) {
+    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    const int capacity = group_frames * num_patches;
+    float* frame_total = kpp_dynamic_shared();               // [K] sum over frames
+    float* patch_sums = frame_total + num_patches;           // [round frame][K]
+    int* items = reinterpret_cast<int*>(patch_sums + capacity);  // [capacity] work list
+    __shared__ KppRoundShared sh;
+
+    // Part-major: the ~3 blocks resident on one SM then belong to different parts (a head block
+    // costs ~3x a leg block); clip-major would stack one part per SM when 6 divides the SM count.
+    const int part = static_cast<int>(blockIdx.x / desc.batch);
+    const int64_t clip = blockIdx.x % desc.batch;
+    const int first_slot = desc.part_offsets[part];
+    const int num_slots = desc.part_offsets[part + 1] - first_slot;
+    const bool paper = desc.mode == REID_KPP_MODE_PAPER;
+    const int warp = threadIdx.x / kWarpSize;
+
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] = 0.f;
+    bool poisoned = false;
+    for (int64_t first = 0; first < desc.frames; first += group_frames) {
+        const int frames = static_cast<int>(
+            desc.frames - first < group_frames ? desc.frames - first : group_frames);
+        for (int g = warp; g < frames; g += kWarps) {
+            read_round_frame(desc, keypoints, crop_hw, frame_valid, clip, first + g, first_slot,
+                             num_slots, g, sh);
+        }
+        if (threadIdx.x == 0) sh.num_boxes = sh.num_multi = sh.num_single = sh.next_item = 0;
+        __syncthreads();
+        list_work(desc, num_slots, frames, paper, sh, patch_sums, items, capacity);
+        __syncthreads();
+        run_work(desc, num_slots, paper, lane_columns, sh, patch_sums, items, capacity);
+        __syncthreads();
+        poisoned |= add_round(desc, frames, sh, patch_sums, frame_total);
+        __syncthreads();  // the next round rewrites the shared state
+    }
+
+    const float inv_frames = 1.f / static_cast<float>(desc.frames);
+    T* out_row = out + clip * desc.out_strides[0] + part * desc.out_strides[1];
+    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
+        const float value = poisoned ? __int_as_float(0x7fc00000) : frame_total[k] * inv_frames;
+        out_row[k * desc.out_strides[2]] = from_float<T>(value);
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Baseline kernel (variant baseline): version 1's kernel, kept only to compare against in
+// benchmarks/bench_keypoint_patch_pool.py; one block per (clip, part) takes one frame at a time.
+// -------------------------------------------------------------------------------------------
+
+// The resized (unnormalised) map at output pixel (oy, ox).
+__device__ __forceinline__ float resized_at(int oy, int ox, int out_h, int out_w,
+                                            const KppJoint* joints, uint64_t mask,
+                                            const KppFrame& frame, bool paper) {
+    const BilinearTap ty = bilinear_tap(oy, frame.height, out_h);
+    const BilinearTap tx = bilinear_tap(ox, frame.width, out_w);
+    const float top = (1.f - tx.frac) * heat_at(ty.low, tx.low, joints, mask, frame, paper) +
+                      tx.frac * heat_at(ty.low, tx.high, joints, mask, frame, paper);
+    const float bottom = (1.f - tx.frac) * heat_at(ty.high, tx.low, joints, mask, frame, paper) +
+                         tx.frac * heat_at(ty.high, tx.high, joints, mask, frame, paper);
+    return (1.f - ty.frac) * top + ty.frac * bottom;
+}
+
+// Block-wide max (or min); every thread gets the result. Contains two barriers.
+template <bool kMax>
+__device__ __forceinline__ float block_extreme(float v, float* scratch) {
+    v = warp_extreme<kMax>(v);
+    if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
+    __syncthreads();
+    float result = scratch[0];
+    for (int w = 1; w < kWarps; ++w) result = extreme<kMax>(result, scratch[w]);
+    __syncthreads();
+    return result;
+}
+
+// Block-shared state of one (clip, part) block besides the K-long arrays.
+struct KppShared {
+    KppJoint joints[REID_KPP_MAX_PART_JOINTS];
+    KppFrame frame;
+    unsigned drawn_bits[2];
+    int num_active;
+    float scratch[kWarps];
+};
+
 // Step 1: one thread per slot of the part loads its joint; returns the mask of drawn slots.
 // Contains one barrier.
 template <typename T>
@@ -200,19 +662,8 @@ __device__ uint64_t load_joints(const reid_keypoint_patch_pool_desc& desc, const
                                 const KppFrame& frame, KppShared& sh) {
     bool drawn = false;
     if (threadIdx.x < num_slots) {
-        const int joint = desc.part_joints[first_slot + threadIdx.x];
-        const T* kp = keypoints + clip * desc.keypoints_strides[0] +
-                      t * desc.keypoints_strides[1] + joint * desc.keypoints_strides[2];
-        const float x = truncf(to_float(kp[0]));  // Python int(): toward zero
-        const float y = truncf(to_float(kp[desc.keypoints_strides[3]]));
-        const float confidence = to_float(kp[2 * desc.keypoints_strides[3]]);
-        const float r = static_cast<float>(frame.radius);
-        // Comparisons are false for NaN: a NaN coordinate or confidence is not drawn.
-        drawn = confidence > desc.vis_thresh && x + r >= 0.f &&
-                x - r <= static_cast<float>(frame.width - 1) && y + r >= 0.f &&
-                y - r <= static_cast<float>(frame.height - 1);
-        sh.joints[threadIdx.x] =
-            KppJoint{drawn ? static_cast<int>(x) : 0, drawn ? static_cast<int>(y) : 0};
+        drawn = read_joint(desc, keypoints, clip, t, desc.part_joints[first_slot + threadIdx.x],
+                           frame, &sh.joints[threadIdx.x]);
     }
     const int warp = threadIdx.x / kWarpSize;
     if (warp < 2) {  // slots 0..63
@@ -308,14 +759,14 @@ __device__ __forceinline__ void add_constant(float* frame_total, int num_patches
 
 template <typename T>
 __global__ void __launch_bounds__(kKppBlockThreads)
-keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
-                           const T* __restrict__ keypoints, const int32_t* __restrict__ crop_hw,
-                           const uint8_t* __restrict__ frame_valid, T* __restrict__ out) {
-    extern __shared__ float shared[];
+keypoint_patch_pool_baseline_kernel(const reid_keypoint_patch_pool_desc desc,
+                                    const T* __restrict__ keypoints,
+                                    const int32_t* __restrict__ crop_hw,
+                                    const uint8_t* __restrict__ frame_valid, T* __restrict__ out) {
     const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
-    float* patch_sum = shared;                  // [K] this frame's sums of resized values
-    float* frame_total = shared + num_patches;  // [K] sum over frames of the patch values
-    int* active = reinterpret_cast<int*>(shared + 2 * num_patches);  // [K] patches to evaluate
+    float* patch_sum = kpp_dynamic_shared();    // [K] this frame's sums of resized values
+    float* frame_total = patch_sum + num_patches;  // [K] sum over frames of the patch values
+    int* active = reinterpret_cast<int*>(patch_sum + 2 * num_patches);  // [K] patches to evaluate
     __shared__ KppShared sh;
 
     const int part = static_cast<int>(blockIdx.x % desc.num_parts);
@@ -359,6 +810,31 @@ keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
     }
 }
 
+// -------------------------------------------------------------------------------------------
+// Host side
+// -------------------------------------------------------------------------------------------
+
+// Frames per round and dynamic shared memory of the pooled kernel for `d` (a checked desc).
+struct KppPooledPlan {
+    int group_frames;
+    size_t shared_bytes;
+};
+
+KppPooledPlan pooled_plan(const reid_keypoint_patch_pool_desc& d) {
+    const int num_patches = (d.out_h / d.patch) * (d.out_w / d.patch);
+    int largest_part = 1;
+    for (int p = 0; p < d.num_parts; ++p) {
+        largest_part = std::max(largest_part, d.part_offsets[p + 1] - d.part_offsets[p]);
+    }
+    const int64_t by_shared = (kKppSharedBudgetBytes / (4 * num_patches) - 1) / 2;  // >= 2
+    const int64_t frames = std::min<int64_t>(
+        {d.frames, kKppMaxGroupFrames, kKppMaxRoundSlots / largest_part, by_shared});
+    KppPooledPlan plan;
+    plan.group_frames = static_cast<int>(std::max<int64_t>(frames, 1));
+    plan.shared_bytes = (1 + 2 * static_cast<size_t>(plan.group_frames)) * num_patches * 4;
+    return plan;
+}
+
 int check_desc(const reid_keypoint_patch_pool_desc& d) {
     if (d.batch < 0 || d.frames < 1 || d.num_joints < 1) return REID_ERROR_INVALID_ARGUMENT;
     if (d.num_joints > REID_KPP_MAX_JOINTS) return REID_ERROR_UNSUPPORTED_SHAPE;
@@ -390,6 +866,14 @@ int check_desc(const reid_keypoint_patch_pool_desc& d) {
     return 0;
 }
 
+KppVariant variant_from_environment() {
+    const char* name = std::getenv("REID_KPP_VARIANT");
+    if (name == nullptr) return KppVariant::kPooledLanes;
+    if (std::strcmp(name, "pooled") == 0) return KppVariant::kPooled;
+    if (std::strcmp(name, "baseline") == 0) return KppVariant::kBaseline;
+    return KppVariant::kPooledLanes;
+}
+
 }  // namespace
 
 template <typename T>
@@ -403,11 +887,19 @@ int launch_keypoint_patch_pool(const reid_keypoint_patch_pool_desc* desc, const 
     if (keypoints == nullptr || crop_hw == nullptr || frame_valid == nullptr || out == nullptr) {
         return REID_ERROR_INVALID_ARGUMENT;
     }
-    const int num_patches = (desc->out_h / desc->patch) * (desc->out_w / desc->patch);
-    const size_t shared_bytes = 3 * static_cast<size_t>(num_patches) * sizeof(float);
     const unsigned blocks = static_cast<unsigned>(desc->batch * desc->num_parts);
-    keypoint_patch_pool_kernel<T><<<blocks, kKppBlockThreads, shared_bytes, stream>>>(
-        *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out));
+    const KppVariant variant = variant_from_environment();
+    if (variant == KppVariant::kBaseline) {
+        const int num_patches = (desc->out_h / desc->patch) * (desc->out_w / desc->patch);
+        const size_t shared_bytes = 3 * static_cast<size_t>(num_patches) * sizeof(float);
+        keypoint_patch_pool_baseline_kernel<T><<<blocks, kKppBlockThreads, shared_bytes, stream>>>(
+            *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out));
+    } else {
+        const KppPooledPlan plan = pooled_plan(*desc);
+        keypoint_patch_pool_kernel<T><<<blocks, kKppBlockThreads, plan.shared_bytes, stream>>>(
+            *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out),
+            plan.group_frames, variant == KppVariant::kPooledLanes);
+    }
     REID_RETURN_IF_LAUNCH_FAILED();
     return 0;
 }

@@ -9,14 +9,32 @@
 
 namespace reid {
 
-// Threads per block: one block per (clip, part) loops over the clip's frames.
+// Threads per block: one block per (clip, part) takes the clip's frames in rounds.
 constexpr int kKppBlockThreads = 256;
+// Frames per round (all processed at once); the launcher lowers it to fit kKppMaxRoundSlots and
+// the shared-memory budget below.
+constexpr int kKppMaxGroupFrames = 16;
+// Joint slots held per round: frames per round * joints of the largest part.
+constexpr int kKppMaxRoundSlots = 256;
+// Dynamic shared memory of one block: (1 + 2 * frames per round) K-long arrays. Kept under the
+// 48 KB that needs no opt-in, and small enough for three blocks per SM.
+constexpr int kKppSharedBudgetBytes = 40 * 1024;
 // Largest crop side (height or width) of a valid frame and largest out_h / out_w: keeps every
 // bilinear source-index product (2o + 1) * in in int32. A valid frame outside [1, 32768] gives
 // NaN weights (the reference raises).
 constexpr int kKppMaxSide = 32768;
 // Most patches K = (out_h / patch) * (out_w / patch): three K-long arrays live in shared memory.
 constexpr int kKppMaxPatches = 2048;
+
+// Implementations the launcher can run, chosen by the environment variable REID_KPP_VARIANT
+// (read at every launch; unset or unknown: the default). An internal knob for benchmarking:
+// results agree to rounding (each is deterministic), the C ABI does not change.
+//   pooled_lanes (default): frames of a round processed at once, one-window patches separable,
+//                           other patches with <= 8 windows and patch <= 32 one output column
+//                           per lane with the windows' 1-D factors in registers;
+//   pooled:                 the same, every multi-window patch evaluated per output pixel;
+//   baseline:               version 1's kernel, one frame at a time (kept for comparison).
+enum class KppVariant { kPooledLanes, kPooled, kBaseline };
 
 // Enqueues weights[B, P, K] = KeypointPatchPool(keypoints, crop_hw, frame_valid) for storage type
 // T (float, __half, __nv_bfloat16) on `stream`. Validates `desc` (returns REID_ERROR_* codes),

@@ -100,6 +100,22 @@ def eps_sensitive_clip(mode: str):
             attributes)
 
 
+def fully_covered_clip(rng, frames=3):
+    """Crops of 5 x 22 pixels (radius 2) whose every pixel the seven windows of part 0 cover,
+    overlapping, so the resized map's minimum is > 0 and lies at the crop's left corners, in a
+    patch only the leftmost window reaches (the kernels take such a patch's minimum from
+    separable profiles). Returns (keypoints, crop_hw, frame_valid, attributes)."""
+    keypoints = np.zeros((1, frames, 17, 3))
+    keypoints[..., 2] = rng.uniform(0.5, 1.0, (1, frames, 17))
+    keypoints[0, :, :7, 0] = 2 + 3 * np.arange(7) + rng.uniform(0, 0.99, (frames, 7))
+    keypoints[0, :, :7, 1] = 2 + rng.uniform(0, 0.99, (frames, 7))
+    keypoints[0, :, 7:, 0] = rng.uniform(0, 22, (frames, 10))
+    keypoints[0, :, 7:, 1] = rng.uniform(0, 5, (frames, 10))
+    crop_hw = np.tile(np.array([5, 22], np.int32), (1, frames, 1))
+    attributes = dict(parts=(tuple(range(7)), (7, 8)), out_hw=(64, 128), patch=8)
+    return keypoints, crop_hw, np.ones((1, frames), bool), attributes
+
+
 def as_tensors(keypoints, crop_hw, frame_valid, dtype=torch.float64, device="cpu"):
     return (torch.tensor(keypoints, dtype=dtype, device=device),
             torch.tensor(crop_hw, dtype=torch.int32, device=device),

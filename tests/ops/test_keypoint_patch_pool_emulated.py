@@ -1,13 +1,15 @@
-"""The KeypointPatchPool CUDA kernel's own source, executed on the CPU, against the reference.
+"""The KeypointPatchPool CUDA kernels' own source, executed on the CPU, against the reference.
 
-tests/ops/kpp_cpu_emulation/ runs the kernel's device code with one std::thread per CUDA thread
-and std::barrier for __syncthreads and the warp shuffles / ballots, block after block, so CI
-checks the kernel's arithmetic and its block orchestration (barriers, shared state, work lists)
-without a GPU. It cannot see what only hardware shows (memory model, timing): the `gpu` tests in
-test_keypoint_patch_pool_gpu.py run the real thing.
+tests/ops/kpp_cpu_emulation/ runs the kernels' device code with one std::thread per CUDA thread,
+std::barrier for __syncthreads and the warp shuffles / ballots and std::atomic_ref for the shared
+atomics, block after block, so CI checks each variant's arithmetic and its block orchestration
+(barriers, shared state, work lists, rounds of frames) without a GPU. It cannot see what only
+hardware shows (memory model, timing): the `gpu` tests in test_keypoint_patch_pool_gpu.py run the
+real thing.
 """
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,8 @@ pytestmark = pytest.mark.skipif(
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _MODE_CODE = {"paper": 0, "max": 1, "constant": 2}
+# reid::KppVariant (keypoint_patch_pool_kernel.h), REID_KPP_VARIANT's names.
+VARIANTS = {"pooled_lanes": 0, "pooled": 1, "baseline": 2}
 
 
 class _Desc(ctypes.Structure):
@@ -51,15 +55,16 @@ class _Desc(ctypes.Structure):
 
 
 def _device_code() -> str:
-    """The kernel file up to its host launcher, its dynamic shared memory and block-shared
-    state redirected to the emulation (one block runs at a time)."""
+    """The kernel file up to check_desc (device code and the launch plan), its dynamic shared
+    memory and block-shared state redirected to the emulation (one block runs at a time)."""
     source = KERNEL_SOURCE.read_text()
-    for old, new in (("extern __shared__ float shared[];",
-                      "float* shared = emulated_dynamic_shared;"),
-                     ("__shared__ KppShared sh;", "static KppShared sh;"),
+    for old, new in (("extern __shared__ float kpp_shared[];",
+                      "float* kpp_shared = emulated_dynamic_shared;"),
                      ("namespace {", "namespace emulated {")):
         assert source.count(old) == 1, f"the emulation expects one {old!r} in {KERNEL_SOURCE}"
         source = source.replace(old, new)
+    source, count = re.subn(r"__shared__ (\w+) sh;", r"static \1 sh;", source)
+    assert count == len(VARIANTS) - 1, f"the emulation expects one shared state per kernel"
     device_part = source[:source.index("int check_desc(")]
     return device_part + "}  // namespace emulated\n}  // namespace reid\n"
 
@@ -81,8 +86,7 @@ def emulated(tmp_path_factory):
     return lib
 
 
-def _run(lib, keypoints, crop_hw, frame_valid, *, parts=KEYREID_PARTS, out_hw=(256, 128),
-         patch=16, vis_thresh=0.1, mode="paper", out=None):
+def _desc(keypoints, parts, out_hw, patch, vis_thresh, mode):
     groups = decode_parts(encode_parts(parts))
     desc = _Desc()
     desc.batch, desc.frames, desc.num_joints = keypoints.shape[:3]
@@ -96,9 +100,15 @@ def _run(lib, keypoints, crop_hw, frame_valid, *, parts=KEYREID_PARTS, out_hw=(2
     desc.part_offsets[len(groups)] = slot
     desc.out_h, desc.out_w, desc.patch = out_hw[0], out_hw[1], patch
     desc.vis_thresh, desc.mode = vis_thresh, _MODE_CODE[mode]
+    return desc
+
+
+def _run(lib, keypoints, crop_hw, frame_valid, *, variant="pooled_lanes", parts=KEYREID_PARTS,
+         out_hw=(256, 128), patch=16, vis_thresh=0.1, mode="paper", out=None):
+    desc = _desc(keypoints, parts, out_hw, patch, vis_thresh, mode)
     patches = (out_hw[0] // patch) * (out_hw[1] // patch)
     if out is None:
-        out = torch.full((keypoints.shape[0], len(groups), patches), float("nan"),
+        out = torch.full((keypoints.shape[0], desc.num_parts, patches), float("nan"),
                          dtype=keypoints.dtype)
     valid = frame_valid.to(torch.uint8)
     for field, tensor in (("keypoints_strides", keypoints), ("crop_hw_strides", crop_hw),
@@ -106,9 +116,9 @@ def _run(lib, keypoints, crop_hw, frame_valid, *, parts=KEYREID_PARTS, out_hw=(2
         for axis, stride in enumerate(tensor.stride()):
             getattr(desc, field)[axis] = stride
     lib.emulated_keypoint_patch_pool(
-        ctypes.byref(desc), _DTYPE_CODE[keypoints.dtype], ctypes.c_void_p(keypoints.data_ptr()),
-        ctypes.c_void_p(crop_hw.data_ptr()), ctypes.c_void_p(valid.data_ptr()),
-        ctypes.c_void_p(out.data_ptr()))
+        ctypes.byref(desc), _DTYPE_CODE[keypoints.dtype], VARIANTS[variant],
+        ctypes.c_void_p(keypoints.data_ptr()), ctypes.c_void_p(crop_hw.data_ptr()),
+        ctypes.c_void_p(valid.data_ptr()), ctypes.c_void_p(out.data_ptr()))
     return out
 
 
@@ -117,10 +127,23 @@ def _error(got, keypoints, crop_hw, frame_valid, **attributes):
     return float((got.double() - truth).abs().max())
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_emulated_kernel_fp32_matches_reference(emulated, mode, rng):
+def test_emulated_kernel_fp32_matches_reference(emulated, mode, variant, rng):
     inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 3), torch.float32)
-    got = _run(emulated, *inputs, mode=mode)
+    got = _run(emulated, *inputs, mode=mode, variant=variant)
+    assert _error(got, *inputs, mode=mode) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ("pooled_lanes", "pooled"))
+@pytest.mark.parametrize("mode", ("paper", "max"))
+def test_emulated_pooled_kernels_on_detector_like_clips(emulated, mode, variant):
+    """The benchmark's inputs (upright poses, crops 64..512 px): clustered head joints give
+    multi-window patches (lane-column or per-pixel path) and paper boxes worth scanning."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_keypoint_patch_pool import make_inputs
+    inputs = make_inputs(3, 4, seed=1, device="cpu")
+    got = _run(emulated, *inputs, mode=mode, variant=variant)
     assert _error(got, *inputs, mode=mode) <= 1e-5
 
 
@@ -133,24 +156,54 @@ def test_emulated_kernel_half_types(emulated, dtype, rng):
     assert ours <= 2 * torch_error
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", ("paper", "max"))
-def test_emulated_kernel_part_maximum(emulated, mode):
+def test_emulated_kernel_part_maximum(emulated, mode, variant):
     keypoints, crop_hw, valid, attributes = cases.eps_sensitive_clip(mode)
     inputs = cases.as_tensors(keypoints, crop_hw, valid, torch.float32)
-    assert _error(_run(emulated, *inputs, **attributes), *inputs, **attributes) <= 1e-5
+    got = _run(emulated, *inputs, variant=variant, **attributes)
+    assert _error(got, *inputs, **attributes) <= 1e-5
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("mode", ("paper", "max"))
+def test_emulated_kernel_map_minimum_above_zero(emulated, mode, variant, rng):
+    keypoints, crop_hw, valid, attributes = cases.fully_covered_clip(rng)
+    inputs = cases.as_tensors(keypoints, crop_hw, valid, torch.float32)
+    got = _run(emulated, *inputs, mode=mode, variant=variant, **attributes)
+    assert _error(got, *inputs, mode=mode, **attributes) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("out_hw, patch, parts, joints", [
     ((12, 20), 4, ((3, 3, 5), (5, 0), (19,), (2, 7, 11, 13, 16)), 20),
-    ((8, 8), 8, (tuple(range(32)) * 2,), 32),
+    ((8, 8), 8, (tuple(range(32)) * 2,), 32),  # > 8 windows per patch: per-pixel path
+    ((128, 64), 64, ((0, 1, 2, 3, 4), (5, 6)), 17),  # patch > 32: per-pixel path
 ])
-def test_emulated_kernel_odd_geometry(emulated, out_hw, patch, parts, joints, rng):
+def test_emulated_kernel_odd_geometry(emulated, out_hw, patch, parts, joints, variant, rng):
     inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 2, joints=joints, kind="small"),
                               torch.float32)
     attributes = {"out_hw": out_hw, "patch": patch, "parts": parts, "vis_thresh": 0.25}
     for mode in ("paper", "max"):
-        got = _run(emulated, *inputs, mode=mode, **attributes)
+        got = _run(emulated, *inputs, mode=mode, variant=variant, **attributes)
         assert _error(got, *inputs, mode=mode, **attributes) <= 1e-5
+
+
+@pytest.mark.parametrize("out_hw, patch, parts, joints, frames", [
+    ((256, 128), 4, ((0, 1, 2, 3, 4), (9, 10)), 17, 3),  # K = 2048: 2 frames per round
+    ((16, 8), 4, (tuple(range(30)) * 2, (1, 2)), 32, 6),  # 60 slots: 4 frames per round
+])
+def test_emulated_pooled_kernel_takes_frames_in_rounds(emulated, out_hw, patch, parts, joints,
+                                                       frames, rng):
+    keypoints, crop_hw, valid = cases.as_tensors(
+        *cases.random_clip_batch(rng, 1, frames, joints=joints, invalid_fraction=0.3),
+        torch.float32)
+    attributes = {"out_hw": out_hw, "patch": patch, "parts": parts}
+    desc = _desc(keypoints, parts, out_hw, patch, 0.1, "paper")
+    assert emulated.emulated_group_frames(ctypes.byref(desc)) < frames
+    for mode in ("paper", "max"):
+        got = _run(emulated, keypoints, crop_hw, valid, mode=mode, **attributes)
+        assert _error(got, keypoints, crop_hw, valid, mode=mode, **attributes) <= 1e-5
 
 
 def test_emulated_kernel_strides_writes_and_poison(emulated, rng):
