@@ -121,3 +121,43 @@ def moe_combine(experts, gate_logits, out, *, softmax=True, stream=0):
         code = launcher(&desc, experts_ptr, gate_ptr, out_ptr, stream_ptr)
     _check(code, "reid_moe_combine")
     return out
+
+
+# Internal knob of the vectorised kernel variants (kernels/moe_combine/moe_combine_kernel.h),
+# for the benchmark and the tests that compare them; it goes when one variant remains.
+ctypedef const char* (*_moe_variant_name_fn)(int variant) noexcept nogil
+ctypedef int (*_moe_get_variant_fn)() noexcept nogil
+ctypedef int (*_moe_set_variant_fn)(int variant) noexcept nogil
+
+
+def _moe_combine_variants():
+    """Names of the vectorised MoECombine kernel variants in the library, in index order."""
+    cdef _moe_variant_name_fn name_of = <_moe_variant_name_fn>_symbol(
+        b"reid_moe_combine_internal_variant_name")
+    cdef const char* name
+    names = []
+    while True:
+        name = name_of(len(names))
+        if name == NULL:
+            return names
+        names.append(name.decode())
+
+
+def _moe_combine_variant():
+    """Name of the vectorised variant that launches use now."""
+    cdef _moe_get_variant_fn get_variant = <_moe_get_variant_fn>_symbol(
+        b"reid_moe_combine_internal_get_variant")
+    return _moe_combine_variants()[get_variant()]
+
+
+def _select_moe_combine_variant(name):
+    """Makes every later MoECombine launch in this process use variant ``name`` (where it takes
+    the shape); returns the name selected before."""
+    variants = _moe_combine_variants()
+    if name not in variants:
+        raise ValueError(f"MoECombine: no kernel variant {name!r}; the library has {variants}")
+    previous = _moe_combine_variant()
+    cdef _moe_set_variant_fn set_variant = <_moe_set_variant_fn>_symbol(
+        b"reid_moe_combine_internal_set_variant")
+    _check(set_variant(variants.index(name)), "reid_moe_combine_internal_set_variant")
+    return previous

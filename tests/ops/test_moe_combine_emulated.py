@@ -1,25 +1,30 @@
 """The MoECombine CUDA source, launcher included, executed on the CPU against the reference.
 
 tests/ops/moe_cpu_emulation/ compiles kernels/moe_combine/moe_combine_kernel.cu with g++, one
-std::thread per CUDA thread and std::barrier for __syncthreads, and calls the library's own
-reid_moe_combine_* entry points on host memory. So CI checks the launcher's argument checks,
-axis merging and path choice, and every kernel instantiation's lane arithmetic, without a GPU.
-It cannot see what only hardware shows (memory model, timing, alignment faults): the `gpu` tests
-in test_moe_combine_gpu.py run the real thing.
+std::thread per CUDA thread and std::barrier for __syncthreads / __syncwarp / shuffles, deferred
+cp.async copies, and a small emulated device (2 SMs unless a test says otherwise), and calls the
+library's own reid_moe_combine_* entry points on host memory. So CI checks the launcher's
+argument checks, axis merging, path and variant choice and persistent grids, and every kernel
+instantiation's lane arithmetic of every vectorised variant, without a GPU. It cannot see what
+only hardware shows (memory model, timing, alignment faults): the `gpu` tests in
+test_moe_combine_gpu.py run the real thing.
 """
 import ctypes
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from reid_export.ops import moe_combine
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from moe_variants import KERNEL_SOURCE, VARIANTS  # noqa: E402
+
+from reid_export.ops import moe_combine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL_SOURCE = ROOT / "kernels" / "moe_combine" / "moe_combine_kernel.cu"
 HERE = Path(__file__).resolve().parent
 CUDA_INCLUDE = next((p for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include",
                                  Path("/usr/local/cuda/include")) if (p / "cuda_fp16.h").is_file()),
@@ -55,8 +60,8 @@ def _source_for_emulation() -> str:
     source = KERNEL_SOURCE.read_text()
     for old, new in (
             ("extern __shared__ float4 shared_f4[];", "float4* shared_f4 = emulated_moe_shared;"),
-            ("kernel<<<grid, kMoeBlockThreads, shared_bytes, stream>>>(",
-             "emulated_launch(kernel, grid, kMoeBlockThreads, shared_bytes, stream, ")):
+            ("kernel<<<shape.grid, shape.threads, shape.shared_bytes, stream>>>(",
+             "emulated_launch(kernel, shape.grid, shape.threads, shape.shared_bytes, stream, ")):
         assert source.count(old) == 1, f"the emulation expects one {old!r} in {KERNEL_SOURCE}"
         source = source.replace(old, new)
     return source
@@ -80,9 +85,45 @@ def lib(tmp_path_factory):
     loaded.emulated_desc_size.restype = ctypes.c_size_t
     assert loaded.emulated_desc_size() == ctypes.sizeof(_Desc), "_Desc differs from reid_kernels.h"
     loaded.emulated_last_launch_grid.restype = ctypes.c_uint
+    loaded.emulated_unretired_copies.restype = ctypes.c_size_t
+    loaded.reid_moe_combine_internal_variant_name.restype = ctypes.c_char_p
     for name in LAUNCHERS.values():
         getattr(loaded, name).restype = ctypes.c_int
     return loaded
+
+
+def _variant_names(lib):
+    names = []
+    while (name := lib.reid_moe_combine_internal_variant_name(len(names))) is not None:
+        names.append(name.decode())
+    return names
+
+
+# E these variants do not take runs the staged variant instead.
+POWER_OF_TWO_ONLY = {"rows", "rows_prefetch"}
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request, lib):
+    """Selects one vectorised variant for the test (and restores the default afterwards)."""
+    index = _variant_names(lib).index(request.param)
+    default = lib.reid_moe_combine_internal_get_variant()
+    assert lib.reid_moe_combine_internal_set_variant(index) == 0
+    yield request.param
+    assert lib.reid_moe_combine_internal_set_variant(default) == 0
+    lib.emulated_set_device(2, 233472, 2048)
+
+
+def _expected_variant(variant, num_experts):
+    if variant in POWER_OF_TWO_ONLY and num_experts & (num_experts - 1):
+        return "staged"
+    return variant
+
+
+def _ran_variant(lib, dtype, num_experts, num_outputs):
+    index = lib.emulated_last_launch_variant(list(LAUNCHERS).index(dtype), num_experts,
+                                             num_outputs)
+    return _variant_names(lib)[index] if index >= 0 else None
 
 
 def _describe(experts, gate, out, softmax):
@@ -119,7 +160,18 @@ def run(lib, experts, gate, softmax=True, out=None):
                          dtype=experts.dtype)
     code = _launch(lib, _describe(experts, gate, out, softmax), experts, gate, out)
     assert code == 0, f"launcher returned {code}"
+    assert lib.emulated_unretired_copies() == 0, "a cp.async copy was never waited for"
     return out, lib.emulated_last_launch_vectorised()
+
+
+def bound_for(got, experts, gate, softmax=True):
+    """fp32: 1e-5; 16-bit: twice the error of torch computing the same thing in that dtype."""
+    truth = moe_combine(experts.double(), gate.double(), softmax)
+    if experts.dtype == torch.float32:
+        return 1e-5 * max(1.0, float(truth.abs().max()))
+    weights = torch.softmax(gate, dim=-2) if softmax else gate
+    torch_error = float((torch.matmul(experts, weights).double() - truth).abs().max())
+    return max(2 * torch_error, float(torch.finfo(experts.dtype).eps) * float(truth.abs().max()))
 
 
 def inputs(lead, channels, num_experts, num_outputs, gate_lead=None, dtype=torch.float32,
@@ -144,20 +196,53 @@ def test_hamobe_layout_takes_the_vectorised_path(lib, softmax):
     assert max_error(got, experts, gate, softmax) <= 1e-5
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
-def test_every_vectorised_instantiation(lib, dtype):
-    """Each (E, J) kernel has its own compile-time lane map: check all of them."""
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=("float32", "float16"))
+def test_every_vectorised_instantiation(lib, variant, dtype):
+    """Each (E, J) kernel of each variant has its own compile-time lane map: check all of them."""
     for num_experts in range(1, 9):
         for num_outputs in range(1, 5):
             experts, gate = inputs((3,), 16, num_experts, num_outputs, dtype=dtype,
                                    seed=num_experts * 10 + num_outputs)
             got, path = run(lib, experts, gate)
             assert path == 1, (num_experts, num_outputs)
-            truth = moe_combine(experts.double(), gate.double())
-            torch_error = float((moe_combine(experts, gate).double() - truth).abs().max())
-            error = float((got.double() - truth).abs().max())
-            bound = 1e-5 if dtype == torch.float32 else 2 * torch_error + 1e-12
-            assert error <= bound, (num_experts, num_outputs, error)
+            assert _ran_variant(lib, dtype, num_experts, num_outputs) == _expected_variant(
+                variant, num_experts)
+            error = max_error(got, experts, gate)
+            assert error <= bound_for(got, experts, gate), (num_experts, num_outputs, error)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("float32", "bfloat16"))
+@pytest.mark.parametrize("softmax", (True, False))
+def test_persistent_grid_with_many_and_partial_units_per_warp(lib, variant, dtype, softmax):
+    """One emulated SM: each warp walks many units, tokens end in partial units and warp groups."""
+    lib.emulated_set_device(1, 233472, 2048)
+    # per token: fp32 C=200 -> 400 vectors (rows units of 256 / 512), 50 chunks (staged groups
+    # of 32); bf16 C=200 -> 200 vectors, 25 chunks
+    for lead, channels, num_experts, num_outputs in (((19,), 200, 8, 3), ((7, 3), 200, 4, 4),
+                                                     ((41,), 16, 2, 1), ((5,), 200, 6, 2)):
+        experts, gate = inputs(lead, channels, num_experts, num_outputs, dtype=dtype,
+                               seed=channels + num_experts)
+        got, path = run(lib, experts, gate, softmax)
+        assert path == 1
+        if variant != "tiled":  # persistent: at most 8 blocks on the one SM
+            assert lib.emulated_last_launch_grid() <= 8
+        assert _ran_variant(lib, dtype, num_experts, num_outputs) == _expected_variant(
+            variant, num_experts)
+        assert max_error(got, experts, gate, softmax) <= bound_for(got, experts, gate, softmax)
+
+
+def test_persistent_grid_follows_the_device_limits(lib, variant):
+    experts, gate = inputs((60,), 64, 8, 3, dtype=torch.float16)
+    grids = []
+    for multiprocessors, shared in ((3, 233472), (3, 20 * 1024)):
+        lib.emulated_set_device(multiprocessors, shared, 2048)
+        got, _ = run(lib, experts, gate)
+        assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
+        grids.append(lib.emulated_last_launch_grid())
+    if variant == "tiled":  # one block per tile of 8 tokens, whatever the device
+        assert grids == [8, 8]
+    else:  # one block per SM fits 20 KB of shared memory
+        assert grids[0] % 3 == 0 and grids[1] == 3 < grids[0]
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
@@ -210,7 +295,7 @@ def test_misaligned_pointer_falls_back_to_generic(lib):
     ((3, 1, 4, 2), (1, 1, 4, 1)),        # size-1 axes dropped
     ((2,) * 8, (2, 1) * 4),              # the ABI's eight leading axes
 ])
-def test_token_axes_with_broadcast_gate(lib, lead, gate_lead):
+def test_token_axes_with_broadcast_gate(lib, variant, lead, gate_lead):
     for channels in (8, 5):  # vectorised and generic
         experts, gate = inputs(lead, channels, 4, 2, gate_lead)
         got, path = run(lib, experts, gate)
@@ -218,19 +303,16 @@ def test_token_axes_with_broadcast_gate(lib, lead, gate_lead):
         assert max_error(got, experts, gate) <= 1e-5
 
 
-def test_many_tiles_and_many_items_per_thread(lib):
+def test_many_tiles_and_many_items_per_thread(lib, variant):
     # fp16 C=320: 40 chunks per token, a full warp group of 32 and a partial one of 8
     for lead, channels, dtype in (((37,), 64, torch.float16), ((2,), 4096, torch.float32),
                                   ((3,), 4097, torch.float32), ((5,), 320, torch.float16)):
         experts, gate = inputs(lead, channels, 8, 3, dtype=dtype)
         got, _ = run(lib, experts, gate)
-        truth = moe_combine(experts.double(), gate.double())
-        bound = 1e-5 if dtype == torch.float32 else 2 * float(
-            (moe_combine(experts, gate).double() - truth).abs().max()) + 1e-12
-        assert float((got.double() - truth).abs().max()) <= bound
+        assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
 
 
-def test_large_logits_stay_finite(lib):
+def test_large_logits_stay_finite(lib, variant):
     experts, gate = inputs((4,), 16, 8, 3, scale=1e4)
     for channels_slice in (slice(None), slice(0, 7)):
         x = experts[:, channels_slice]
@@ -272,3 +354,11 @@ def test_launcher_rejects_null_pointers_and_negative_shapes(lib):
     assert lib.reid_moe_combine_f32(None, None, None, None, None) == INVALID_ARGUMENT
     desc.lead_shape[0] = -2
     assert _launch(lib, desc, experts, gate, out) == INVALID_ARGUMENT
+
+
+def test_variant_knob_names_every_variant_and_rejects_others(lib):
+    assert tuple(_variant_names(lib)) == VARIANTS
+    default = lib.reid_moe_combine_internal_get_variant()
+    for bad in (-1, len(VARIANTS)):
+        assert lib.reid_moe_combine_internal_set_variant(bad) == INVALID_ARGUMENT
+    assert lib.reid_moe_combine_internal_get_variant() == default

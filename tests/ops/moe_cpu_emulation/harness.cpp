@@ -3,11 +3,13 @@
 // per CUDA thread. The test generates kernel_source.cpp from the .cu, redirecting only the launch
 // syntax and the dynamic shared memory declaration to emulated_launch / emulated_moe_shared, and
 // calls the library's own reid_moe_combine_* entry points through ctypes on host memory.
-// The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads, warp barriers) come from the
-// KeypointPatchPool emulation's shim; this file and cuda_pipeline_primitives.h beside it add what
-// MoECombine uses beyond them.
+// The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads, warp barriers, shuffles, bit
+// casts) come from the KeypointPatchPool emulation's shim; this file and cuda_pipeline_primitives.h beside it
+// add what MoECombine uses beyond them, including a small emulated device (SM count and limits)
+// for the persistent kernels' grid.
 #define __grid_constant__  // before the CUDA headers: kernel parameters are plain values here
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -15,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_pipeline_primitives.h"  // the stand-in beside this file
 #include "cuda_shim.h"
 
 inline EmulatedDim gridDim;
@@ -24,20 +27,39 @@ inline void __syncwarp(unsigned = 0xffffffffu) {
     emulated_warp_barrier[threadIdx.x / 32]->arrive_and_wait();
 }
 
-inline float __uint_as_float(unsigned bits) {
-    float value;
-    std::memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
-inline unsigned __float_as_uint(float value) {
-    unsigned bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    return bits;
-}
+// Cache hints mean nothing here: plain 16-byte accesses.
+inline uint4 __ldcs(const uint4* ptr) { return *ptr; }
+inline void __stcs(uint4* ptr, uint4 value) { *ptr = value; }
 
 // An emulated launch finishes before it returns, so there is never a pending launch error.
 extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+
+// The emulated device: few SMs, so persistent kernels give each warp several work units.
+inline int emulated_multiprocessors = 2;
+inline int emulated_shared_per_multiprocessor = 233472;  // H100 / H200
+inline int emulated_threads_per_multiprocessor = 2048;
+
+extern "C" cudaError_t cudaGetDevice(int* device) {
+    *device = 0;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+    switch (attr) {
+        case cudaDevAttrMultiProcessorCount: *value = emulated_multiprocessors; break;
+        case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+            *value = emulated_shared_per_multiprocessor;
+            break;
+        case cudaDevAttrMaxThreadsPerMultiProcessor:
+            *value = emulated_threads_per_multiprocessor;
+            break;
+        default: return cudaErrorInvalidValue;
+    }
+    return cudaSuccess;
+}
+
+// cp.async copies some thread issued but never waited for (a kernel bug), since the last reset.
+inline std::atomic<size_t> emulated_unretired = 0;
 
 // The kernel and grid of the last launch (null / 0: nothing was launched since the reset).
 inline const void* emulated_last_kernel = nullptr;
@@ -74,6 +96,7 @@ void emulated_launch(void (*kernel)(Params...), unsigned grid, int threads, size
                 }
                 block_barrier.arrive_and_wait();
                 kernel(args...);
+                emulated_unretired += emulated_take_unretired_copies();
                 block_barrier.arrive_and_wait();
             }
         });
@@ -88,19 +111,44 @@ extern "C" size_t emulated_desc_size() { return sizeof(reid_moe_combine_desc); }
 extern "C" void emulated_reset() {
     emulated_last_kernel = nullptr;
     emulated_last_grid = 0;
+    emulated_unretired = 0;
 }
+
+extern "C" void emulated_set_device(int multiprocessors, int shared_per_multiprocessor,
+                                    int threads_per_multiprocessor) {
+    emulated_multiprocessors = multiprocessors;
+    emulated_shared_per_multiprocessor = shared_per_multiprocessor;
+    emulated_threads_per_multiprocessor = threads_per_multiprocessor;
+}
+
+extern "C" size_t emulated_unretired_copies() { return emulated_unretired; }
 
 extern "C" unsigned emulated_last_launch_grid() { return emulated_last_grid; }
 
 // -1: nothing launched; 0: the generic kernel; 1: a vectorised kernel.
 extern "C" int emulated_last_launch_vectorised() {
     if (emulated_last_kernel == nullptr) return -1;
-    const void* generic[] = {
-        reinterpret_cast<const void*>(&reid::moe_combine_kernel<float, false, 0, 0>),
-        reinterpret_cast<const void*>(&reid::moe_combine_kernel<__half, false, 0, 0>),
-        reinterpret_cast<const void*>(&reid::moe_combine_kernel<__nv_bfloat16, false, 0, 0>)};
+    const void* generic[] = {reinterpret_cast<const void*>(&reid::generic_kernel<float>),
+                             reinterpret_cast<const void*>(&reid::generic_kernel<__half>),
+                             reinterpret_cast<const void*>(&reid::generic_kernel<__nv_bfloat16>)};
     for (const void* kernel : generic) {
         if (kernel == emulated_last_kernel) return 0;
     }
     return 1;
+}
+
+// The vectorised variant (index of reid_moe_combine_internal_variant_name) whose (E, J) kernel
+// for dtype 0 float32 / 1 float16 / 2 bfloat16 ran last; -1 when it was none of them.
+extern "C" int emulated_last_launch_variant(int dtype, int num_experts, int num_outputs) {
+    for (int variant = 0; variant < reid::kNumVariants; ++variant) {
+        const void* kernels[] = {
+            reinterpret_cast<const void*>(
+                reid::vectorised_kernel<float>(variant, num_experts, num_outputs)),
+            reinterpret_cast<const void*>(
+                reid::vectorised_kernel<__half>(variant, num_experts, num_outputs)),
+            reinterpret_cast<const void*>(
+                reid::vectorised_kernel<__nv_bfloat16>(variant, num_experts, num_outputs))};
+        if (kernels[dtype] != nullptr && kernels[dtype] == emulated_last_kernel) return variant;
+    }
+    return -1;
 }
