@@ -105,6 +105,15 @@ def _max_difference(ours, baseline) -> float:
     return float((ours.float() - baseline.float()).abs().max())
 
 
+def _timed_row(name, fn, input_sets, reps, *, warmup, batch, nbytes, copy_gbps, reference,
+               dtype) -> dict:
+    ms = _median_ms(fn, input_sets, reps, warmup, batch)
+    gbps = nbytes / (ms * 1e-3) / 1e9
+    return {"dtype": dtype, "variant": name, "median_ms": ms, "bytes": nbytes, "gbps": gbps,
+            "fraction_of_copy": gbps / copy_gbps,
+            "max_abs_diff": _max_difference(fn(*input_sets[0]), reference)}
+
+
 def run(dtypes=("float16", "bfloat16", "float32"), reps: int = 30, warmup: int = 5,
         batch: int = 10, sets: int = 3, lead=HAMOBE_LEAD, channels: int = HAMOBE_CHANNELS,
         num_experts: int = HAMOBE_EXPERTS, num_outputs: int = HAMOBE_OUTPUTS) -> list[dict]:
@@ -137,35 +146,33 @@ def run(dtypes=("float16", "bfloat16", "float32"), reps: int = 30, warmup: int =
                                       + channels * num_outputs)
         input_sets = _input_sets(dtype, sets, lead, channels, num_experts, num_outputs)
         reference = plain_einsum_combine(*input_sets[0])
-        timed = {}
-
-        def add_row(name, fn, fn_sets, fn_reps):
-            ms = _median_ms(fn, fn_sets, fn_reps, warmup, batch)
-            gbps = nbytes / (ms * 1e-3) / 1e9
-            timed[name] = ms
-            rows.append({"dtype": dtype_name, "variant": name, "median_ms": ms, "bytes": nbytes,
-                         "gbps": gbps, "fraction_of_copy": gbps / copy_gbps,
-                         "max_abs_diff": _max_difference(fn(*fn_sets[0]), reference)})
-            return rows[-1]
-
+        timing = {"warmup": warmup, "batch": batch, "nbytes": nbytes, "copy_gbps": copy_gbps,
+                  "reference": reference, "dtype": dtype_name}
         ours = []
         try:
             for name in variants:
                 _native._select_moe_combine_variant(name)
-                row = add_row(variant_row(name, default), reid_kernel_combine, input_sets, reps)
+                row = _timed_row(variant_row(name, default), reid_kernel_combine, input_sets,
+                                 reps, **timing)
                 row["kernel_variant"], row["default"] = name, name == default
                 ours.append(row)
         finally:
             _native._select_moe_combine_variant(default)
-        add_row(GENERIC_ROW, reid_kernel_combine,
-                [(x.transpose(-1, -2).contiguous().transpose(-1, -2), g)
-                 for x, g in input_sets[:2]], max(5, reps // 3))
-        add_row("official HAMoBE einsum", official_hamobe_combine, input_sets, max(5, reps // 5))
-        add_row("torch.einsum", plain_einsum_combine, input_sets, max(5, reps // 5))
+        generic_sets = [(x.transpose(-1, -2).contiguous().transpose(-1, -2), g)
+                        for x, g in input_sets[:2]]
+        others = {row["variant"]: row for row in (
+            _timed_row(GENERIC_ROW, reid_kernel_combine, generic_sets, max(5, reps // 3),
+                       **timing),
+            _timed_row("official HAMoBE einsum", official_hamobe_combine, input_sets,
+                       max(5, reps // 5), **timing),
+            _timed_row("torch.einsum", plain_einsum_combine, input_sets, max(5, reps // 5),
+                       **timing))}
         for row in ours:
-            row["speedup_vs_official"] = timed["official HAMoBE einsum"] / row["median_ms"]
-            row["speedup_vs_einsum"] = timed["torch.einsum"] / row["median_ms"]
-        del input_sets, reference
+            row["speedup_vs_official"] = (others["official HAMoBE einsum"]["median_ms"]
+                                          / row["median_ms"])
+            row["speedup_vs_einsum"] = others["torch.einsum"]["median_ms"] / row["median_ms"]
+        rows += ours + list(others.values())
+        del input_sets, generic_sets, reference, timing
         torch.cuda.empty_cache()
     return rows
 

@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moe_variants import KERNEL_SOURCE, VARIANTS  # noqa: E402
-
 from reid_export.ops import moe_combine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

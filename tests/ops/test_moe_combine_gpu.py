@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moe_variants import VARIANTS  # noqa: E402
-
 from reid_export.ops import moe_combine  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -220,7 +219,7 @@ def test_backward_on_gpu_matches_cpu():
         g = gate.detach().to(device).requires_grad_(True)
         (torch.ops.reid.moe_combine(x, g) ** 2).sum().backward()
         grads.append((x.grad.cpu(), g.grad.cpu()))
-    for cuda_grad, cpu_grad in zip(*grads):
+    for cuda_grad, cpu_grad in zip(*grads, strict=True):
         torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-4, atol=1e-4)
 
 
