@@ -319,7 +319,8 @@ __device__ __forceinline__ void copy_group_async(const ChunkGroup<T>& group, int
 
 // The rest of a group once its copy has landed (the caller waited): each lane takes its chunk
 // from the staging buffer, combines it, and the results go out lane-consecutively through the
-// same buffer. All lanes of the warp call this together.
+// same buffer. All lanes of the warp call this together. kStreamingStores: evict-first stores
+// (staged); the tiled baseline keeps the plain stores it was measured with.
 template <typename T, int kE, int kJ, bool kStreamingStores, typename Weights>
 __device__ __forceinline__ void finish_group(const ChunkGroup<T>& group, int lane,
                                              const Weights& weights, Vec* staging) {
