@@ -1,11 +1,19 @@
-// KeypointPatchPool TensorRT plugin: attribute validation, shapes, formats, fields and the
-// enqueue that fills reid_keypoint_patch_pool_desc for the launcher. No device code here.
+// KeypointPatchPool TensorRT plugin: attribute validation, output type and shape, formats, shape
+// checks and the reid_keypoint_patch_pool_desc its launch fills; PluginBase (reid_plugin_base.h)
+// does the IPluginV3 plumbing. No device code here.
 #include "keypoint_patch_pool_plugin.h"
 
 #include <cmath>
+#include <iterator>
+#include <memory>
+#include <stdexcept>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "keypoint_patch_pool/keypoint_patch_pool_kernel.h"
+#include "reid_kernels.h"
+#include "reid_plugin_base.h"
 
 namespace reid {
 namespace plugin {
@@ -13,6 +21,18 @@ namespace {
 
 using nvinfer1::DataType;
 using nvinfer1::Dims;
+
+constexpr char kPartsField[] = "parts";
+constexpr char kOutHwField[] = "out_hw";
+constexpr char kPatchField[] = "patch";
+constexpr char kVisThreshField[] = "vis_thresh";
+constexpr char kModeField[] = "mode";
+
+// Tensor positions: inputs, then outputs (TensorRT's numbering in supportsFormatCombination).
+constexpr int32_t kKeypointsInput = 0;
+constexpr int32_t kCropHwInput = 1;
+constexpr int32_t kFrameValidInput = 2;
+constexpr int32_t kWeightsOutput = 0;
 
 const reid_keypoint_patch_pool_fn kLaunchers[] = {
     reid_keypoint_patch_pool_f32, reid_keypoint_patch_pool_f16, reid_keypoint_patch_pool_bf16};
@@ -29,30 +49,30 @@ const ModeName kModes[] = {{"paper", REID_KPP_MODE_PAPER},
                            {"max", REID_KPP_MODE_MAX},
                            {"constant", REID_KPP_MODE_CONSTANT}};
 
-std::string shapes_text(const Dims& keypoints, const Dims& crop_hw, const Dims& frame_valid) {
-    return " (keypoints " + dims_string(keypoints) + ", crop_hw " + dims_string(crop_hw) +
-           ", frame_valid " + dims_string(frame_valid) + ")";
-}
-
-void require_inputs_and_outputs(int32_t num_inputs, int32_t num_outputs) {
-    if (num_inputs != kKppNumInputs || num_outputs != kKppNumOutputs) {
-        throw std::invalid_argument(
-            "takes 3 inputs (keypoints, crop_hw, frame_valid) and gives 1 output (weights)");
-    }
-}
-
-}  // namespace
-
 // ------------------------------------------------------------------------------------------------
 // Attributes
 // ------------------------------------------------------------------------------------------------
-KppAttributes KppAttributes::from_fields(const nvinfer1::PluginFieldCollection* fc) {
-    const FieldReader fields(kKppName, fc,
-                             {kKppPartsField, kKppOutHwField, kKppPatchField, kKppVisThreshField,
-                              kKppModeField});
+// The op's attributes, validated.
+struct KppAttributes {
+    std::vector<int32_t> parts;      // joint groups, flat with -1 separators (the ONNX encoding)
+    int32_t out_hw[2] = {256, 128};  // (height, width), serialised as one field
+    int32_t patch = 16;
+    float vis_thresh = 0.1f;
+    std::string mode = "paper";
+
+    // Throws std::invalid_argument naming the bad attribute and the fix.
+    static KppAttributes from_fields(const FieldReader& fields);
+    int32_t num_parts() const noexcept;
+    int32_t num_patches() const noexcept { return (out_hw[0] / patch) * (out_hw[1] / patch); }
+    int32_t max_joint() const noexcept;  // largest joint index the parts use
+    // Fills the attribute part of the C ABI description (parts as CSR, mode enum).
+    void describe(reid_keypoint_patch_pool_desc& desc) const;
+};
+
+KppAttributes KppAttributes::from_fields(const FieldReader& fields) {
     KppAttributes a;
     a.parts.assign(std::begin(kKeyReIdParts), std::end(kKeyReIdParts));
-    if (const auto parts = fields.ints(kKppPartsField)) {
+    if (const auto parts = fields.ints(kPartsField)) {
         a.parts.clear();
         for (const int64_t joint : *parts) {
             if (joint < -1 || joint >= REID_KPP_MAX_JOINTS) {
@@ -83,7 +103,7 @@ KppAttributes KppAttributes::from_fields(const nvinfer1::PluginFieldCollection* 
                     std::to_string(REID_KPP_MAX_PARTS) + " parts and " +
                     std::to_string(REID_KPP_MAX_PART_JOINTS) + " joints in all are supported");
     }
-    if (const auto out_hw = fields.ints(kKppOutHwField)) {
+    if (const auto out_hw = fields.ints(kOutHwField)) {
         if (out_hw->size() != 2) fields.fail("field 'out_hw' must be (height, width)");
         for (const int64_t side : *out_hw) {
             if (side < 1 || side > kKppMaxSide) {
@@ -91,15 +111,15 @@ KppAttributes KppAttributes::from_fields(const nvinfer1::PluginFieldCollection* 
                             "], got " + std::to_string(side));
             }
         }
-        a.out_h = static_cast<int32_t>((*out_hw)[0]);
-        a.out_w = static_cast<int32_t>((*out_hw)[1]);
+        a.out_hw[0] = static_cast<int32_t>((*out_hw)[0]);
+        a.out_hw[1] = static_cast<int32_t>((*out_hw)[1]);
     }
-    if (const auto patch = fields.int_scalar(kKppPatchField)) {
+    if (const auto patch = fields.int_scalar(kPatchField)) {
         if (*patch < 1 || *patch > kKppMaxSide) fields.fail("field 'patch' must be >= 1");
         a.patch = static_cast<int32_t>(*patch);
     }
-    if (a.out_h % a.patch != 0 || a.out_w % a.patch != 0) {
-        fields.fail("out_hw (" + std::to_string(a.out_h) + ", " + std::to_string(a.out_w) +
+    if (a.out_hw[0] % a.patch != 0 || a.out_hw[1] % a.patch != 0) {
+        fields.fail("out_hw (" + std::to_string(a.out_hw[0]) + ", " + std::to_string(a.out_hw[1]) +
                     ") is not a multiple of patch " + std::to_string(a.patch) +
                     "; choose out_hw divisible by patch");
     }
@@ -107,11 +127,11 @@ KppAttributes KppAttributes::from_fields(const nvinfer1::PluginFieldCollection* 
         fields.fail(std::to_string(a.num_patches()) + " patches; at most " +
                     std::to_string(kKppMaxPatches) + " (use a larger patch or a smaller out_hw)");
     }
-    if (const auto vis_thresh = fields.float_scalar(kKppVisThreshField)) {
+    if (const auto vis_thresh = fields.float_scalar(kVisThreshField)) {
         if (!std::isfinite(*vis_thresh)) fields.fail("field 'vis_thresh' must be finite");
         a.vis_thresh = *vis_thresh;
     }
-    if (const auto mode = fields.string(kKppModeField)) {
+    if (const auto mode = fields.string(kModeField)) {
         bool known = false;
         for (const ModeName& m : kModes) known = known || *mode == m.name;
         if (!known) {
@@ -147,8 +167,8 @@ void KppAttributes::describe(reid_keypoint_patch_pool_desc& desc) const {
     }
     desc.part_offsets[++part] = slot;
     desc.num_parts = part;
-    desc.out_h = out_h;
-    desc.out_w = out_w;
+    desc.out_h = out_hw[0];
+    desc.out_w = out_hw[1];
     desc.patch = patch;
     desc.vis_thresh = vis_thresh;
     for (const ModeName& m : kModes) {
@@ -159,179 +179,112 @@ void KppAttributes::describe(reid_keypoint_patch_pool_desc& desc) const {
 // ------------------------------------------------------------------------------------------------
 // Plugin
 // ------------------------------------------------------------------------------------------------
-KeypointPatchPoolPlugin::KeypointPatchPoolPlugin(KppAttributes attributes)
-    : attributes_(std::move(attributes)) {
-    describe_fields();
-}
+class KeypointPatchPoolPlugin final : public PluginBase<KeypointPatchPoolPlugin> {
+public:
+    static constexpr char kName[] = "KeypointPatchPool";
+    static constexpr char kVersion[] = "1";
+    static constexpr const char* kInputNames[] = {"keypoints", "crop_hw", "frame_valid"};
+    static constexpr const char* kOutputNames[] = {"weights"};
+    static constexpr FieldSpec kFields[] = {
+        {kPartsField, nvinfer1::PluginFieldType::kINT32, 0},
+        {kOutHwField, nvinfer1::PluginFieldType::kINT32, 2},
+        {kPatchField, nvinfer1::PluginFieldType::kINT32, 1},
+        {kVisThreshField, nvinfer1::PluginFieldType::kFLOAT32, 1},
+        {kModeField, nvinfer1::PluginFieldType::kCHAR, 0}};
 
-KeypointPatchPoolPlugin::KeypointPatchPoolPlugin(const KeypointPatchPoolPlugin& other)
-    : nvinfer1::IPluginV3(other),
-      nvinfer1::IPluginV3OneCore(other),
-      nvinfer1::IPluginV3OneBuild(other),
-      nvinfer1::IPluginV3OneRuntime(other),
-      attributes_(other.attributes_) {
-    describe_fields();
-}
+    explicit KeypointPatchPoolPlugin(KppAttributes attributes)
+        : attributes_(std::move(attributes)) {}
 
-void KeypointPatchPoolPlugin::describe_fields() {
-    out_hw_[0] = attributes_.out_h;
-    out_hw_[1] = attributes_.out_w;
-    serialized_.add(kKppPartsField, attributes_.parts.data(), nvinfer1::PluginFieldType::kINT32,
-                    static_cast<int32_t>(attributes_.parts.size()));
-    serialized_.add(kKppOutHwField, out_hw_, nvinfer1::PluginFieldType::kINT32, 2);
-    serialized_.add(kKppPatchField, &attributes_.patch, nvinfer1::PluginFieldType::kINT32, 1);
-    serialized_.add(kKppVisThreshField, &attributes_.vis_thresh,
-                    nvinfer1::PluginFieldType::kFLOAT32, 1);
-    // with its NUL, as the ONNX parser passes strings
-    serialized_.add(kKppModeField, attributes_.mode.c_str(), nvinfer1::PluginFieldType::kCHAR,
-                    static_cast<int32_t>(attributes_.mode.size() + 1));
-}
-
-void KeypointPatchPoolPlugin::check_shapes(const Dims& keypoints, const Dims& crop_hw,
-                                           const Dims& frame_valid) const {
-    const std::string shapes = shapes_text(keypoints, crop_hw, frame_valid);
-    if (keypoints.nbDims != 4 || crop_hw.nbDims != 3 || frame_valid.nbDims != 2) {
-        throw std::invalid_argument("keypoints must be [B, T, J, 3], crop_hw [B, T, 2], "
-                                    "frame_valid [B, T]" + shapes);
+    static std::unique_ptr<KeypointPatchPoolPlugin> from_fields(const FieldReader& fields) {
+        return std::make_unique<KeypointPatchPoolPlugin>(KppAttributes::from_fields(fields));
     }
-    const auto known_and_differ = [](int64_t a, int64_t b) { return a >= 0 && b >= 0 && a != b; };
-    for (int32_t axis = 0; axis < 2; ++axis) {
-        if (known_and_differ(keypoints.d[axis], crop_hw.d[axis]) ||
-            known_and_differ(keypoints.d[axis], frame_valid.d[axis])) {
-            throw std::invalid_argument("B and T differ between the inputs" + shapes);
-        }
-    }
-    if (known_and_differ(keypoints.d[3], 3) || known_and_differ(crop_hw.d[2], 2)) {
-        throw std::invalid_argument("keypoints' last axis must be 3 (x, y, confidence) and "
-                                    "crop_hw's 2 (height, width)" + shapes);
-    }
-    if (keypoints.d[1] == 0) {
-        throw std::invalid_argument("T = 0 frames; a clip needs at least one frame" + shapes);
-    }
-    const int64_t joints = keypoints.d[2];
-    if (joints >= 0 && (joints > REID_KPP_MAX_JOINTS || joints <= attributes_.max_joint())) {
-        throw std::invalid_argument(
-            "keypoints have J = " + std::to_string(joints) + " joints; the parts use joint " +
-            std::to_string(attributes_.max_joint()) + " and the kernel takes at most " +
-            std::to_string(REID_KPP_MAX_JOINTS) + shapes);
-    }
-}
 
-nvinfer1::IPluginCapability* KeypointPatchPoolPlugin::getCapabilityInterface(
-    nvinfer1::PluginCapabilityType type) noexcept {
-    switch (type) {
-        case nvinfer1::PluginCapabilityType::kCORE:
-            return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-        case nvinfer1::PluginCapabilityType::kBUILD:
-            return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
-        case nvinfer1::PluginCapabilityType::kRUNTIME:
-            return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+    void add_fields(FieldList& fields) const {
+        fields.add(kPartsField, attributes_.parts.data(), nvinfer1::PluginFieldType::kINT32,
+                   static_cast<int32_t>(attributes_.parts.size()));
+        fields.add(kOutHwField, attributes_.out_hw, nvinfer1::PluginFieldType::kINT32, 2);
+        fields.add(kPatchField, &attributes_.patch, nvinfer1::PluginFieldType::kINT32, 1);
+        fields.add(kVisThreshField, &attributes_.vis_thresh, nvinfer1::PluginFieldType::kFLOAT32,
+                   1);
+        // with its NUL, as the ONNX parser passes strings
+        fields.add(kModeField, attributes_.mode.c_str(), nvinfer1::PluginFieldType::kCHAR,
+                   static_cast<int32_t>(attributes_.mode.size() + 1));
     }
-    return nullptr;
-}
 
-nvinfer1::IPluginV3* KeypointPatchPoolPlugin::clone() noexcept {
-    return guarded_value<nvinfer1::IPluginV3*>(
-        "KeypointPatchPool clone", nullptr, [&] { return new KeypointPatchPoolPlugin(*this); });
-}
-
-const char* KeypointPatchPoolPlugin::getPluginName() const noexcept { return kKppName; }
-const char* KeypointPatchPoolPlugin::getPluginVersion() const noexcept { return kKppVersion; }
-const char* KeypointPatchPoolPlugin::getPluginNamespace() const noexcept {
-    return kPluginNamespace;
-}
-
-int32_t KeypointPatchPoolPlugin::getNbOutputs() const noexcept { return kKppNumOutputs; }
-
-int32_t KeypointPatchPoolPlugin::getOutputDataTypes(DataType* output_types, int32_t num_outputs,
-                                                    const DataType* input_types,
-                                                    int32_t num_inputs) const noexcept {
-    return guarded("KeypointPatchPool getOutputDataTypes", [&] {
-        require_inputs_and_outputs(num_inputs, num_outputs);
-        if (!is_kernel_float(input_types[kKppKeypointsInput]) ||
-            input_types[kKppCropHwInput] != DataType::kINT32 ||
-            input_types[kKppFrameValidInput] != DataType::kBOOL) {
+    void output_types(DataType* outputs, const DataType* inputs) const {
+        if (!is_kernel_float(inputs[kKeypointsInput]) || inputs[kCropHwInput] != DataType::kINT32 ||
+            inputs[kFrameValidInput] != DataType::kBOOL) {
             throw std::invalid_argument("keypoints must be float32, float16 or bfloat16, crop_hw "
                                         "int32 and frame_valid bool");
         }
-        output_types[kKppWeightsOutput] = input_types[kKppKeypointsInput];
-        return kStatusSuccess;
-    });
-}
+        outputs[kWeightsOutput] = inputs[kKeypointsInput];
+    }
 
-// weights [B, P, K]: B from keypoints, P and K from the attributes.
-int32_t KeypointPatchPoolPlugin::getOutputShapes(const nvinfer1::DimsExprs* inputs,
-                                                 int32_t num_inputs,
-                                                 const nvinfer1::DimsExprs* /*shape_inputs*/,
-                                                 int32_t /*num_shape_inputs*/,
-                                                 nvinfer1::DimsExprs* outputs, int32_t num_outputs,
-                                                 nvinfer1::IExprBuilder& builder) noexcept {
-    return guarded("KeypointPatchPool getOutputShapes", [&] {
-        require_inputs_and_outputs(num_inputs, num_outputs);
-        if (inputs[kKppKeypointsInput].nbDims != 4) {
+    // weights [B, P, K]: B from keypoints, P and K from the attributes.
+    void output_shapes(const nvinfer1::DimsExprs* inputs, nvinfer1::DimsExprs* outputs,
+                       nvinfer1::IExprBuilder& builder) const {
+        if (inputs[kKeypointsInput].nbDims != 4) {
             throw std::invalid_argument("keypoints must be [B, T, J, 3]");
         }
-        nvinfer1::DimsExprs& weights = outputs[kKppWeightsOutput];
+        nvinfer1::DimsExprs& weights = outputs[kWeightsOutput];
         weights.nbDims = 3;
-        weights.d[0] = inputs[kKppKeypointsInput].d[0];
+        weights.d[0] = inputs[kKeypointsInput].d[0];
         weights.d[1] = builder.constant(attributes_.num_parts());
         weights.d[2] = builder.constant(attributes_.num_patches());
-        return kStatusSuccess;
-    });
-}
-
-bool KeypointPatchPoolPlugin::supportsFormatCombination(
-    int32_t pos, const nvinfer1::DynamicPluginTensorDesc* in_out, int32_t num_inputs,
-    int32_t num_outputs) noexcept {
-    if (in_out == nullptr || pos < 0 || pos >= num_inputs + num_outputs) return false;
-    const nvinfer1::PluginTensorDesc& desc = in_out[pos].desc;
-    if (desc.format != nvinfer1::TensorFormat::kLINEAR) return false;
-    switch (pos) {
-        case kKppKeypointsInput: return is_kernel_float(desc.type);
-        case kKppCropHwInput: return desc.type == DataType::kINT32;
-        case kKppFrameValidInput: return desc.type == DataType::kBOOL;
-        default: return desc.type == in_out[kKppKeypointsInput].desc.type;  // weights
     }
-}
 
-int32_t KeypointPatchPoolPlugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in,
-                                                 int32_t num_inputs,
-                                                 const nvinfer1::DynamicPluginTensorDesc* /*out*/,
-                                                 int32_t num_outputs) noexcept {
-    return guarded("KeypointPatchPool configurePlugin", [&] {
-        require_inputs_and_outputs(num_inputs, num_outputs);
-        check_shapes(in[kKppKeypointsInput].desc.dims, in[kKppCropHwInput].desc.dims,
-                     in[kKppFrameValidInput].desc.dims);
-        return kStatusSuccess;
-    });
-}
+    bool supports_type(int32_t pos,
+                       const nvinfer1::DynamicPluginTensorDesc* in_out) const noexcept {
+        const DataType type = in_out[pos].desc.type;
+        switch (pos) {
+            case kKeypointsInput: return is_kernel_float(type);
+            case kCropHwInput: return type == DataType::kINT32;
+            case kFrameValidInput: return type == DataType::kBOOL;
+            default: return type == in_out[kKeypointsInput].desc.type;  // weights
+        }
+    }
 
-size_t KeypointPatchPoolPlugin::getWorkspaceSize(
-    const nvinfer1::DynamicPluginTensorDesc* /*inputs*/, int32_t /*num_inputs*/,
-    const nvinfer1::DynamicPluginTensorDesc* /*outputs*/, int32_t /*num_outputs*/) const noexcept {
-    return 0;  // the kernel keeps its per-part state in shared memory
-}
+    // Ranks, B and T agreement, the 3 and 2 last axes, T >= 1, and J covering the parts' joints.
+    void check_input_shapes(const Dims* inputs) const {
+        const Dims& keypoints = inputs[kKeypointsInput];
+        const Dims& crop_hw = inputs[kCropHwInput];
+        const Dims& frame_valid = inputs[kFrameValidInput];
+        const std::string shapes = inputs_text(inputs);
+        if (keypoints.nbDims != 4 || crop_hw.nbDims != 3 || frame_valid.nbDims != 2) {
+            throw std::invalid_argument("keypoints must be [B, T, J, 3], crop_hw [B, T, 2], "
+                                        "frame_valid [B, T]" + shapes);
+        }
+        const auto known_and_differ = [](int64_t a, int64_t b) {
+            return a >= 0 && b >= 0 && a != b;
+        };
+        for (int32_t axis = 0; axis < 2; ++axis) {
+            if (known_and_differ(keypoints.d[axis], crop_hw.d[axis]) ||
+                known_and_differ(keypoints.d[axis], frame_valid.d[axis])) {
+                throw std::invalid_argument("B and T differ between the inputs" + shapes);
+            }
+        }
+        if (known_and_differ(keypoints.d[3], 3) || known_and_differ(crop_hw.d[2], 2)) {
+            throw std::invalid_argument("keypoints' last axis must be 3 (x, y, confidence) and "
+                                        "crop_hw's 2 (height, width)" + shapes);
+        }
+        if (keypoints.d[1] == 0) {
+            throw std::invalid_argument("T = 0 frames; a clip needs at least one frame" + shapes);
+        }
+        const int64_t joints = keypoints.d[2];
+        if (joints >= 0 && (joints > REID_KPP_MAX_JOINTS || joints <= attributes_.max_joint())) {
+            throw std::invalid_argument(
+                "keypoints have J = " + std::to_string(joints) + " joints; the parts use joint " +
+                std::to_string(attributes_.max_joint()) + " and the kernel takes at most " +
+                std::to_string(REID_KPP_MAX_JOINTS) + shapes);
+        }
+    }
 
-int32_t KeypointPatchPoolPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* in,
-                                               int32_t num_inputs,
-                                               const nvinfer1::PluginTensorDesc* /*out*/,
-                                               int32_t num_outputs) noexcept {
-    return guarded("KeypointPatchPool onShapeChange", [&] {
-        require_inputs_and_outputs(num_inputs, num_outputs);
-        check_shapes(in[kKppKeypointsInput].dims, in[kKppCropHwInput].dims,
-                     in[kKppFrameValidInput].dims);
-        return kStatusSuccess;
-    });
-}
-
-int32_t KeypointPatchPoolPlugin::enqueue(const nvinfer1::PluginTensorDesc* input_desc,
-                                         const nvinfer1::PluginTensorDesc* output_desc,
-                                         const void* const* inputs, void* const* outputs,
-                                         void* /*workspace*/, cudaStream_t stream) noexcept {
-    return guarded("KeypointPatchPool enqueue", [&] {
-        const Dims& keypoints = input_desc[kKppKeypointsInput].dims;
-        const int index = kernel_float_index(input_desc[kKppKeypointsInput].type);
-        if (index < 0) throw std::invalid_argument("unsupported keypoints type");
+    int launch(const nvinfer1::PluginTensorDesc* input_desc,
+               const nvinfer1::PluginTensorDesc* output_desc, const void* const* inputs,
+               void* const* outputs, cudaStream_t stream) const {
+        const Dims& keypoints = input_desc[kKeypointsInput].dims;
+        const reid_keypoint_patch_pool_fn launcher =
+            float_launcher(kLaunchers, input_desc[kKeypointsInput].type);
         reid_keypoint_patch_pool_desc desc{};
         desc.batch = keypoints.d[0];
         desc.frames = keypoints.d[1];
@@ -342,63 +295,23 @@ int32_t KeypointPatchPoolPlugin::enqueue(const nvinfer1::PluginTensorDesc* input
             for (size_t axis = 0; axis < linear.size(); ++axis) strides[axis] = linear[axis];
         };
         copy_strides(keypoints, desc.keypoints_strides);
-        copy_strides(input_desc[kKppCropHwInput].dims, desc.crop_hw_strides);
-        copy_strides(input_desc[kKppFrameValidInput].dims, desc.frame_valid_strides);
-        copy_strides(output_desc[kKppWeightsOutput].dims, desc.out_strides);
+        copy_strides(input_desc[kCropHwInput].dims, desc.crop_hw_strides);
+        copy_strides(input_desc[kFrameValidInput].dims, desc.frame_valid_strides);
+        copy_strides(output_desc[kWeightsOutput].dims, desc.out_strides);
+        return launcher(&desc, inputs[kKeypointsInput],
+                        static_cast<const int32_t*>(inputs[kCropHwInput]),
+                        static_cast<const uint8_t*>(inputs[kFrameValidInput]),
+                        outputs[kWeightsOutput], stream);
+    }
 
-        const int code = kLaunchers[index](
-            &desc, inputs[kKppKeypointsInput],
-            static_cast<const int32_t*>(inputs[kKppCropHwInput]),
-            static_cast<const uint8_t*>(inputs[kKppFrameValidInput]), outputs[kKppWeightsOutput],
-            stream);
-        if (code != 0) {
-            log_error(std::string("KeypointPatchPool enqueue: ") + reid_kernels_error_string(code) +
-                      shapes_text(keypoints, input_desc[kKppCropHwInput].dims,
-                                  input_desc[kKppFrameValidInput].dims));
-        }
-        return code;
-    });
-}
+private:
+    KppAttributes attributes_;
+};
 
-nvinfer1::IPluginV3* KeypointPatchPoolPlugin::attachToContext(
-    nvinfer1::IPluginResourceContext* /*context*/) noexcept {
-    return clone();  // no per-context resources
-}
+}  // namespace
 
-const nvinfer1::PluginFieldCollection* KeypointPatchPoolPlugin::getFieldsToSerialize() noexcept {
-    return serialized_.collection();
-}
-
-// ------------------------------------------------------------------------------------------------
-// Creator
-// ------------------------------------------------------------------------------------------------
-KeypointPatchPoolPluginCreator::KeypointPatchPoolPluginCreator() {
-    field_names_.add(kKppPartsField, nullptr, nvinfer1::PluginFieldType::kINT32, 0);
-    field_names_.add(kKppOutHwField, nullptr, nvinfer1::PluginFieldType::kINT32, 2);
-    field_names_.add(kKppPatchField, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
-    field_names_.add(kKppVisThreshField, nullptr, nvinfer1::PluginFieldType::kFLOAT32, 1);
-    field_names_.add(kKppModeField, nullptr, nvinfer1::PluginFieldType::kCHAR, 0);
-}
-
-const char* KeypointPatchPoolPluginCreator::getPluginName() const noexcept { return kKppName; }
-const char* KeypointPatchPoolPluginCreator::getPluginVersion() const noexcept {
-    return kKppVersion;
-}
-const char* KeypointPatchPoolPluginCreator::getPluginNamespace() const noexcept {
-    return kPluginNamespace;
-}
-
-const nvinfer1::PluginFieldCollection* KeypointPatchPoolPluginCreator::getFieldNames() noexcept {
-    return field_names_.collection();
-}
-
-nvinfer1::IPluginV3* KeypointPatchPoolPluginCreator::createPlugin(
-    const char* /*name*/, const nvinfer1::PluginFieldCollection* fc,
-    nvinfer1::TensorRTPhase /*phase*/) noexcept {
-    return guarded_value<nvinfer1::IPluginV3*>("KeypointPatchPool createPlugin", nullptr, [&] {
-        return static_cast<nvinfer1::IPluginV3*>(
-            new KeypointPatchPoolPlugin(KppAttributes::from_fields(fc)));
-    });
+nvinfer1::IPluginCreatorV3One& keypoint_patch_pool_creator() {
+    return the_creator<KeypointPatchPoolPlugin>();
 }
 
 }  // namespace plugin

@@ -1,7 +1,8 @@
 // Shared pieces of the reid TensorRT plugins (IPluginV3, TensorRT 10 / 11): logging through the
 // logger TensorRT hands the plugin library (ILoggerFinder) or stderr, PluginField reading with
 // type and length checks, the guard that turns exceptions into logged status codes, and the
-// tensor-description helpers both plugins use. Host code only: no device code in plugin files.
+// tensor helpers both plugins use. The IPluginV3 plumbing itself is reid_plugin_base.h. Host code
+// only: no device code in plugin files.
 #pragma once
 
 #include <NvInferRuntime.h>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace reid {
@@ -21,7 +23,7 @@ namespace plugin {
 
 // Plugins register in the default namespace: the ONNX parser looks nodes up with
 // plugin_namespace "" unless the node carries a plugin_namespace attribute.
-constexpr char kPluginNamespace[] = "";
+inline constexpr char kPluginNamespace[] = "";
 
 // What IPluginV3 methods returning int32_t report (TensorRT treats any non-zero as failure).
 constexpr int32_t kStatusSuccess = 0;
@@ -52,42 +54,46 @@ inline void log_error(const std::string& message) noexcept {
     log(nvinfer1::ILogger::Severity::kERROR, message);
 }
 
-// Runs `body` (returning int32_t) and turns any exception into a logged error and
-// kStatusFailure, so no exception crosses the TensorRT boundary.
-template <typename Body>
-int32_t guarded(const char* where, Body&& body) noexcept {
-    try {
-        return body();
-    } catch (const std::exception& e) {
-        log_error(std::string(where) + ": " + e.what());
-    } catch (...) {
-        log_error(std::string(where) + ": unknown exception");
-    }
-    return kStatusFailure;
-}
-
-// Like guarded() for methods returning a value: `fallback` on exception.
+// Runs `body` and returns its value, or logs the exception it throws as "<scope> <method>:
+// <what>" and returns `fallback`, so no exception crosses the TensorRT boundary.
 template <typename T, typename Body>
-T guarded_value(const char* where, T fallback, Body&& body) noexcept {
+T guarded_value(const char* scope, const char* method, T fallback, Body&& body) noexcept {
     try {
         return body();
-    } catch (const std::exception& e) {
-        log_error(std::string(where) + ": " + e.what());
     } catch (...) {
-        log_error(std::string(where) + ": unknown exception");
+        try {
+            std::string text = std::string(scope) + " " + method + ": ";
+            try {
+                throw;
+            } catch (const std::exception& e) {
+                text += e.what();
+            } catch (...) {
+                text += "unknown exception";
+            }
+            log_error(text);
+        } catch (...) {
+            // Out of memory while composing the message: the failure status still tells.
+        }
     }
     return fallback;
+}
+
+// guarded_value for methods returning a TensorRT status: kStatusFailure on exception.
+template <typename Body>
+int32_t guarded(const char* scope, const char* method, Body&& body) noexcept {
+    return guarded_value<int32_t>(scope, method, kStatusFailure, std::forward<Body>(body));
 }
 
 // ------------------------------------------------------------------------------------------------
 // PluginField reading
 // ------------------------------------------------------------------------------------------------
-// Reads the fields of a PluginFieldCollection by name, checking types and lengths. Errors throw
-// std::invalid_argument naming the plugin, the field and the fix (createPlugin guards them).
+// Reads the fields of a PluginFieldCollection by name, checking types and lengths; `known` lists
+// the fields there are (the creator's getFieldNames()). Errors throw std::invalid_argument naming
+// the plugin, the field and the fix (createPlugin guards them).
 class FieldReader {
 public:
     FieldReader(const char* plugin, const nvinfer1::PluginFieldCollection* fields,
-                const std::vector<std::string>& known)
+                const nvinfer1::PluginFieldCollection& known)
         : plugin_(plugin) {
         if (fields == nullptr) return;
         if (fields->nbFields < 0 || (fields->nbFields > 0 && fields->fields == nullptr)) {
@@ -97,10 +103,12 @@ public:
             const nvinfer1::PluginField& field = fields->fields[i];
             if (field.name == nullptr) fail("a field has no name");
             bool is_known = false;
-            for (const std::string& name : known) is_known = is_known || name == field.name;
+            std::string list;
+            for (int32_t k = 0; k < known.nbFields; ++k) {
+                is_known = is_known || std::strcmp(known.fields[k].name, field.name) == 0;
+                list += std::string(k ? ", " : "") + known.fields[k].name;
+            }
             if (!is_known) {
-                std::string list;
-                for (const std::string& name : known) list += (list.empty() ? "" : ", ") + name;
                 fail(std::string("unknown field '") + field.name + "'; the fields are " + list);
             }
             if (field.length < 0 || (field.length > 0 && field.data == nullptr)) {
@@ -114,26 +122,13 @@ public:
     std::optional<std::vector<int64_t>> ints(const char* name) const {
         const nvinfer1::PluginField* field = find(name);
         if (field == nullptr) return std::nullopt;
-        std::vector<int64_t> values(static_cast<size_t>(field->length));
-        for (size_t i = 0; i < values.size(); ++i) {
-            switch (field->type) {
-                case nvinfer1::PluginFieldType::kINT8:
-                    values[i] = static_cast<const int8_t*>(field->data)[i];
-                    break;
-                case nvinfer1::PluginFieldType::kINT16:
-                    values[i] = static_cast<const int16_t*>(field->data)[i];
-                    break;
-                case nvinfer1::PluginFieldType::kINT32:
-                    values[i] = static_cast<const int32_t*>(field->data)[i];
-                    break;
-                case nvinfer1::PluginFieldType::kINT64:
-                    values[i] = static_cast<const int64_t*>(field->data)[i];
-                    break;
-                default:
-                    fail(std::string("field '") + name + "' must be an integer field (kINT32)");
-            }
+        switch (field->type) {
+            case nvinfer1::PluginFieldType::kINT8: return widened<int8_t>(*field);
+            case nvinfer1::PluginFieldType::kINT16: return widened<int16_t>(*field);
+            case nvinfer1::PluginFieldType::kINT32: return widened<int32_t>(*field);
+            case nvinfer1::PluginFieldType::kINT64: return widened<int64_t>(*field);
+            default: fail(std::string("field '") + name + "' must be an integer field (kINT32)");
         }
-        return values;
     }
 
     // Exactly one integer, or nullopt when absent.
@@ -180,6 +175,12 @@ public:
     }
 
 private:
+    template <typename T>
+    static std::vector<int64_t> widened(const nvinfer1::PluginField& field) {
+        const T* values = static_cast<const T*>(field.data);
+        return std::vector<int64_t>(values, values + field.length);
+    }
+
     const nvinfer1::PluginField* find(const char* name) const {
         const nvinfer1::PluginField* found = nullptr;
         for (const nvinfer1::PluginField* field : fields_) {
@@ -195,12 +196,21 @@ private:
 };
 
 // A PluginFieldCollection over fields owned by the caller (field names, serialised values).
+// Not copyable: its collection points into its own storage.
 class FieldList {
 public:
+    FieldList() = default;
+    FieldList(const FieldList&) = delete;
+    FieldList& operator=(const FieldList&) = delete;
+
     void add(const char* name, const void* data, nvinfer1::PluginFieldType type, int32_t length) {
         fields_.emplace_back(name, data, type, length);
         collection_.nbFields = static_cast<int32_t>(fields_.size());
         collection_.fields = fields_.data();
+    }
+    void clear() noexcept {
+        fields_.clear();
+        collection_ = nvinfer1::PluginFieldCollection{};
     }
     const nvinfer1::PluginFieldCollection* collection() const noexcept { return &collection_; }
 
@@ -217,13 +227,17 @@ inline bool is_kernel_float(nvinfer1::DataType type) noexcept {
            type == nvinfer1::DataType::kBF16;
 }
 
-// Index of the launcher for a float type in the {f32, f16, bf16} tables, -1 otherwise.
-inline int kernel_float_index(nvinfer1::DataType type) noexcept {
+// The launcher for a tensor type in a {float32, float16, bfloat16} table of launchers.
+// Throws std::invalid_argument for any other type.
+template <typename Launcher>
+Launcher float_launcher(const Launcher (&launchers)[3], nvinfer1::DataType type) {
     switch (type) {
-        case nvinfer1::DataType::kFLOAT: return 0;
-        case nvinfer1::DataType::kHALF: return 1;
-        case nvinfer1::DataType::kBF16: return 2;
-        default: return -1;
+        case nvinfer1::DataType::kFLOAT: return launchers[0];
+        case nvinfer1::DataType::kHALF: return launchers[1];
+        case nvinfer1::DataType::kBF16: return launchers[2];
+        default:
+            throw std::invalid_argument("unsupported tensor type; the kernels take float32, "
+                                        "float16 or bfloat16");
     }
 }
 

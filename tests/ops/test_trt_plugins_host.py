@@ -26,7 +26,7 @@ GXX = shutil.which("g++")
 CHECKS = ["moe_creator_and_fields", "moe_bad_fields", "moe_formats_and_types",
           "moe_output_shapes", "moe_shape_checks", "moe_enqueue_description",
           "kpp_defaults_and_round_trip", "kpp_bad_fields", "kpp_formats_shapes_and_enqueue",
-          "library_entry_points"]
+          "shared_plumbing", "library_entry_points"]
 
 
 def _header_dirs():

@@ -23,10 +23,8 @@
 #include "reid_kernels.h"
 
 using namespace nvinfer1;
-using reid::plugin::KeypointPatchPoolPlugin;
-using reid::plugin::KeypointPatchPoolPluginCreator;
-using reid::plugin::MoECombinePlugin;
-using reid::plugin::MoECombinePluginCreator;
+using reid::plugin::keypoint_patch_pool_creator;
+using reid::plugin::moe_combine_creator;
 
 // ------------------------------------------------------------------------------------------------
 // Kernel launchers: record the description instead of launching.
@@ -36,28 +34,25 @@ static reid_keypoint_patch_pool_desc g_kpp_desc;
 static std::string g_launched;
 static int g_launch_result = 0;
 
-#define MOE_RECORDER(suffix)                                                                    \
-    extern "C" int reid_moe_combine_##suffix(const reid_moe_combine_desc* desc, const void*,  \
-                                             const void*, void*, void*) {                    \
-        g_moe_desc = *desc;                                                                     \
-        g_launched = "reid_moe_combine_" #suffix;                                               \
-        return g_launch_result;                                                                 \
-    }
-MOE_RECORDER(f32)
-MOE_RECORDER(f16)
-MOE_RECORDER(bf16)
+template <typename Desc>
+static int record(Desc& slot, const Desc* desc, const char* launcher) {
+    slot = *desc;
+    g_launched = launcher;
+    return g_launch_result;
+}
 
-#define KPP_RECORDER(suffix)                                                                   \
-    extern "C" int reid_keypoint_patch_pool_##suffix(const reid_keypoint_patch_pool_desc* desc, \
-                                                     const void*, const int32_t*,               \
-                                                     const uint8_t*, void*, void*) {           \
-        g_kpp_desc = *desc;                                                                    \
-        g_launched = "reid_keypoint_patch_pool_" #suffix;                                      \
-        return g_launch_result;                                                                \
+// One launcher per dtype of an op, with the op's parameters after the description.
+#define RECORDING_LAUNCHER(name, slot, ...)                                                  \
+    extern "C" int name(const decltype(slot)* desc, __VA_ARGS__) {                           \
+        return record(slot, desc, #name);                                                    \
     }
-KPP_RECORDER(f32)
-KPP_RECORDER(f16)
-KPP_RECORDER(bf16)
+#define RECORDING_LAUNCHERS(op, slot, ...)                                                   \
+    RECORDING_LAUNCHER(reid_##op##_f32, slot, __VA_ARGS__)                                   \
+    RECORDING_LAUNCHER(reid_##op##_f16, slot, __VA_ARGS__)                                   \
+    RECORDING_LAUNCHER(reid_##op##_bf16, slot, __VA_ARGS__)
+RECORDING_LAUNCHERS(moe_combine, g_moe_desc, const void*, const void*, void*, void*)
+RECORDING_LAUNCHERS(keypoint_patch_pool, g_kpp_desc, const void*, const int32_t*, const uint8_t*,
+                    void*, void*)
 
 extern "C" const char* reid_kernels_error_string(int code) {
     return code == REID_ERROR_UNSUPPORTED_SHAPE ? "shape outside the limits" : "recorded error";
@@ -252,13 +247,11 @@ static std::vector<int64_t> values(const int32_t* data, int count) {
     return std::vector<int64_t>(data, data + count);
 }
 
-template <typename Plugin>
-static IPluginV3OneBuild* build(Plugin* plugin) {
+static IPluginV3OneBuild* build(IPluginV3* plugin) {
     return static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
 }
 
-template <typename Plugin>
-static IPluginV3OneRuntime* runtime(Plugin* plugin) {
+static IPluginV3OneRuntime* runtime(IPluginV3* plugin) {
     return static_cast<IPluginV3OneRuntime*>(
         plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
 }
@@ -279,9 +272,8 @@ static std::vector<int64_t> output_shape(IPluginV3* plugin, std::vector<Dims> in
         for (int32_t a = 0; a < inputs[i].nbDims; ++a) exprs[i].d[a] = builder.dim(inputs[i].d[a]);
     }
     DimsExprs out{};
-    auto* b = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    if (b->getOutputShapes(exprs.data(), static_cast<int32_t>(exprs.size()), nullptr, 0, &out, 1,
-                           builder) != 0) {
+    if (build(plugin)->getOutputShapes(exprs.data(), static_cast<int32_t>(exprs.size()), nullptr, 0,
+                                       &out, 1, builder) != 0) {
         return {};
     }
     std::vector<int64_t> shape;
@@ -292,8 +284,13 @@ static std::vector<int64_t> output_shape(IPluginV3* plugin, std::vector<Dims> in
 // ------------------------------------------------------------------------------------------------
 // MoECombine
 // ------------------------------------------------------------------------------------------------
+static std::unique_ptr<IPluginV3> moe_plugin(int32_t softmax) {
+    return create(moe_combine_creator(),
+                  {PluginField("softmax", &softmax, PluginFieldType::kINT32, 1)});
+}
+
 static void moe_creator_and_fields() {
-    MoECombinePluginCreator creator;
+    IPluginCreatorV3One& creator = moe_combine_creator();
     EXPECT(!std::strcmp(creator.getPluginName(), "MoECombine"));
     EXPECT(!std::strcmp(creator.getPluginVersion(), "1"));
     EXPECT(!std::strcmp(creator.getPluginNamespace(), ""));
@@ -304,28 +301,25 @@ static void moe_creator_and_fields() {
     for (int32_t softmax : {0, 1}) {
         auto plugin = create(creator, {PluginField("softmax", &softmax, PluginFieldType::kINT32, 1)});
         EXPECT(plugin != nullptr);
-        const PluginFieldCollection* saved = runtime(static_cast<MoECombinePlugin*>(plugin.get()))
-                                                 ->getFieldsToSerialize();
+        const PluginFieldCollection* saved = runtime(plugin.get())->getFieldsToSerialize();
         EXPECT(saved->nbFields == 1 && *static_cast<const int32_t*>(saved->fields[0].data) == softmax);
         // deserialisation: the saved fields recreate the same plugin
         std::vector<PluginField> copy(saved->fields, saved->fields + saved->nbFields);
         auto again = create(creator, copy, TensorRTPhase::kRUNTIME);
         EXPECT(again != nullptr);
         const PluginFieldCollection* again_saved =
-            runtime(static_cast<MoECombinePlugin*>(again.get()))->getFieldsToSerialize();
+            runtime(again.get())->getFieldsToSerialize();
         EXPECT(*static_cast<const int32_t*>(again_saved->fields[0].data) == softmax);
     }
     auto defaulted = create(creator, {});
     EXPECT(defaulted != nullptr);
-    EXPECT(*static_cast<const int32_t*>(runtime(static_cast<MoECombinePlugin*>(defaulted.get()))
-                                            ->getFieldsToSerialize()
-                                            ->fields[0]
-                                            .data) == 1);
+    EXPECT(*static_cast<const int32_t*>(
+               runtime(defaulted.get())->getFieldsToSerialize()->fields[0].data) == 1);
     take_errors();
 }
 
 static void moe_bad_fields() {
-    MoECombinePluginCreator creator;
+    IPluginCreatorV3One& creator = moe_combine_creator();
     const int32_t two = 2;
     const float one_f = 1.0f;
     const int32_t pair[] = {1, 1};
@@ -349,9 +343,9 @@ static void moe_bad_fields() {
 }
 
 static void moe_formats_and_types() {
-    MoECombinePlugin plugin(1);
-    IPluginV3OneBuild* b = build(&plugin);
-    EXPECT(plugin.getCapabilityInterface(PluginCapabilityType::kCORE) != nullptr);
+    auto plugin = moe_plugin(1);
+    IPluginV3OneBuild* b = build(plugin.get());
+    EXPECT(plugin->getCapabilityInterface(PluginCapabilityType::kCORE) != nullptr);
     for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16}) {
         DynamicPluginTensorDesc io[] = {dynamic(dims({2, 8}), type), dynamic(dims({8, 3}), type),
                                         dynamic(dims({2, 3}), type)};
@@ -372,22 +366,23 @@ static void moe_formats_and_types() {
 }
 
 static void moe_output_shapes() {
-    MoECombinePlugin plugin(1);
+    const auto plugin = moe_plugin(1);
+    IPluginV3* moe = plugin.get();
     using Shape = std::vector<int64_t>;
-    EXPECT(output_shape(&plugin, {dims({2, 3, 16, 8}), dims({2, 1, 8, 3})}) == Shape({2, 3, 16, 3}));
-    EXPECT(output_shape(&plugin, {dims({2, 3, 16, 8}), dims({8, 3})}) == Shape({2, 3, 16, 3}));
-    EXPECT(output_shape(&plugin, {dims({1, 3, 16, 8}), dims({4, 1, 8, 3})}) == Shape({4, 3, 16, 3}));
-    EXPECT(output_shape(&plugin, {dims({0, 257, 512, 8}), dims({1, 257, 8, 3})}) ==
+    EXPECT(output_shape(moe, {dims({2, 3, 16, 8}), dims({2, 1, 8, 3})}) == Shape({2, 3, 16, 3}));
+    EXPECT(output_shape(moe, {dims({2, 3, 16, 8}), dims({8, 3})}) == Shape({2, 3, 16, 3}));
+    EXPECT(output_shape(moe, {dims({1, 3, 16, 8}), dims({4, 1, 8, 3})}) == Shape({4, 3, 16, 3}));
+    EXPECT(output_shape(moe, {dims({0, 257, 512, 8}), dims({1, 257, 8, 3})}) ==
            Shape({0, 257, 512, 3}));
-    EXPECT(output_shape(&plugin, {dims({16, 8}), dims({5, 8, 2})}) == Shape({5, 16, 2}));
-    EXPECT(output_shape(&plugin, {dims({8}), dims({8, 3})}).empty());
+    EXPECT(output_shape(moe, {dims({16, 8}), dims({5, 8, 2})}) == Shape({5, 16, 2}));
+    EXPECT(output_shape(moe, {dims({8}), dims({8, 3})}).empty());
     take_errors();
 }
 
 static void moe_shape_checks() {
-    MoECombinePlugin plugin(1);
-    IPluginV3OneBuild* b = build(&plugin);
-    IPluginV3OneRuntime* r = runtime(&plugin);
+    auto plugin = moe_plugin(1);
+    IPluginV3OneBuild* b = build(plugin.get());
+    IPluginV3OneRuntime* r = runtime(plugin.get());
     const auto configure = [&](Dims experts, Dims gate) {
         DynamicPluginTensorDesc in[] = {dynamic(experts, DataType::kHALF), dynamic(gate, DataType::kHALF)};
         DynamicPluginTensorDesc out[] = {dynamic(dims({}), DataType::kHALF)};
@@ -418,8 +413,8 @@ static void moe_shape_checks() {
 }
 
 static void moe_enqueue_description() {
-    MoECombinePlugin plugin(0);
-    IPluginV3OneRuntime* r = runtime(&plugin);
+    auto plugin = moe_plugin(0);
+    IPluginV3OneRuntime* r = runtime(plugin.get());
     float dummy[4];
     const void* inputs[] = {dummy, dummy};
     void* outputs[] = {dummy};
@@ -465,9 +460,9 @@ static void moe_enqueue_description() {
         g_launch_result = 0;
     }
     std::unique_ptr<IPluginV3> clone(r->attachToContext(nullptr));
-    EXPECT(clone != nullptr && clone.get() != static_cast<IPluginV3*>(&plugin));
+    EXPECT(clone != nullptr && clone.get() != plugin.get());
     const PluginFieldCollection* clone_fields =
-        runtime(static_cast<MoECombinePlugin*>(clone.get()))->getFieldsToSerialize();
+        runtime(clone.get())->getFieldsToSerialize();
     EXPECT(*static_cast<const int32_t*>(clone_fields->fields[0].data) == 0);
     EXPECT(clone_fields != r->getFieldsToSerialize());  // the clone owns its fields
 }
@@ -476,16 +471,11 @@ static void moe_enqueue_description() {
 // KeypointPatchPool
 // ------------------------------------------------------------------------------------------------
 static std::unique_ptr<IPluginV3> kpp_plugin(std::vector<PluginField> fields = {}) {
-    KeypointPatchPoolPluginCreator creator;
-    return create(creator, std::move(fields));
-}
-
-static KeypointPatchPoolPlugin* as_kpp(const std::unique_ptr<IPluginV3>& plugin) {
-    return static_cast<KeypointPatchPoolPlugin*>(plugin.get());
+    return create(keypoint_patch_pool_creator(), std::move(fields));
 }
 
 static void kpp_defaults_and_round_trip() {
-    KeypointPatchPoolPluginCreator creator;
+    IPluginCreatorV3One& creator = keypoint_patch_pool_creator();
     EXPECT(!std::strcmp(creator.getPluginName(), "KeypointPatchPool"));
     EXPECT(!std::strcmp(creator.getPluginVersion(), "1"));
     const PluginFieldCollection* names = creator.getFieldNames();
@@ -495,7 +485,7 @@ static void kpp_defaults_and_round_trip() {
 
     auto plugin = kpp_plugin();
     EXPECT(plugin != nullptr);
-    const PluginFieldCollection* saved = runtime(as_kpp(plugin))->getFieldsToSerialize();
+    const PluginFieldCollection* saved = runtime(plugin.get())->getFieldsToSerialize();
     EXPECT(saved->nbFields == 5);
     const std::vector<int64_t> keyreid = {0, 1, 2, 3, 4, -1, 5, 6, 11, 12, -1, 7, 9, -1, 8, 10,
                                           -1, 13, 15, -1, 14, 16};
@@ -517,7 +507,7 @@ static void kpp_defaults_and_round_trip() {
                               PluginField("vis_thresh", &vis, PluginFieldType::kFLOAT32, 1),
                               PluginField("mode", mode, PluginFieldType::kCHAR, 4)});
     EXPECT(custom != nullptr);
-    const PluginFieldCollection* fields = runtime(as_kpp(custom))->getFieldsToSerialize();
+    const PluginFieldCollection* fields = runtime(custom.get())->getFieldsToSerialize();
     std::vector<PluginField> copy(fields->fields, fields->fields + fields->nbFields);
     auto again = create(creator, copy, TensorRTPhase::kRUNTIME);
     EXPECT(again != nullptr);
@@ -574,8 +564,8 @@ static void kpp_bad_fields() {
 
 static void kpp_formats_shapes_and_enqueue() {
     auto plugin = kpp_plugin();
-    IPluginV3OneBuild* b = build(as_kpp(plugin));
-    IPluginV3OneRuntime* r = runtime(as_kpp(plugin));
+    IPluginV3OneBuild* b = build(plugin.get());
+    IPluginV3OneRuntime* r = runtime(plugin.get());
     DynamicPluginTensorDesc io[] = {
         dynamic(dims({2, 4, 17, 3}), DataType::kHALF), dynamic(dims({2, 4, 2}), DataType::kINT32),
         dynamic(dims({2, 4}), DataType::kBOOL), dynamic(dims({2, 6, 128}), DataType::kHALF)};
@@ -633,8 +623,80 @@ static void kpp_formats_shapes_and_enqueue() {
     const char constant[] = "constant";
     auto constant_plugin = kpp_plugin({PluginField("mode", constant, PluginFieldType::kCHAR, 9)});
     in[0].type = out[0].type = DataType::kHALF;
-    EXPECT(runtime(as_kpp(constant_plugin))->enqueue(in, out, inputs, outputs, nullptr, nullptr) == 0);
+    EXPECT(runtime(constant_plugin.get())->enqueue(in, out, inputs, outputs, nullptr, nullptr) == 0);
     EXPECT(g_launched == "reid_keypoint_patch_pool_f16" && g_kpp_desc.mode == REID_KPP_MODE_CONSTANT);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The plumbing both plugins share (reid_plugin_base.h)
+// ------------------------------------------------------------------------------------------------
+static std::vector<int64_t> serialised_ints(IPluginV3* plugin, int field) {
+    const PluginField& f = runtime(plugin)->getFieldsToSerialize()->fields[field];
+    return values(static_cast<const int32_t*>(f.data), f.length);
+}
+
+static void shared_plumbing() {
+    // capabilities are the three V3One interfaces, each naming the plugin's op
+    auto moe = moe_plugin(1);
+    auto kpp = kpp_plugin();
+    for (IPluginV3* plugin : {moe.get(), kpp.get()}) {
+        IPluginCapability* core = plugin->getCapabilityInterface(PluginCapabilityType::kCORE);
+        EXPECT(!std::strcmp(core->getInterfaceInfo().kind, "PLUGIN_V3ONE_CORE"));
+        EXPECT(!std::strcmp(build(plugin)->getInterfaceInfo().kind, "PLUGIN_V3ONE_BUILD"));
+        EXPECT(!std::strcmp(runtime(plugin)->getInterfaceInfo().kind, "PLUGIN_V3ONE_RUNTIME"));
+        EXPECT(build(plugin)->getNbOutputs() == 1);
+    }
+    auto* core =
+        static_cast<IPluginV3OneCore*>(kpp->getCapabilityInterface(PluginCapabilityType::kCORE));
+    EXPECT(!std::strcmp(core->getPluginName(), "KeypointPatchPool") &&
+           !std::strcmp(core->getPluginVersion(), "1") &&
+           !std::strcmp(core->getPluginNamespace(), ""));
+
+    // wrong tensor counts are refused with the op's tensors named
+    DataType types[] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT}, out_type[1];
+    EXPECT(build(moe.get())->getOutputDataTypes(out_type, 1, types, 3) != 0);
+    EXPECT(contains(take_errors(), "MoECombine getOutputDataTypes: takes 2 inputs (experts, "
+                                   "gate_logits) and gives 1 output (out), got 3 and 1"));
+    DynamicPluginTensorDesc two[] = {dynamic(dims({2, 4, 17, 3}), DataType::kFLOAT),
+                                     dynamic(dims({2, 4, 2}), DataType::kINT32)};
+    EXPECT(build(kpp.get())->configurePlugin(two, 2, two, 1) != 0);
+    EXPECT(contains(take_errors(), "takes 3 inputs (keypoints, crop_hw, frame_valid) and gives 1 "
+                                   "output (weights), got 2 and 1"));
+
+    // a tensor type without a launcher fails in enqueue, launching nothing
+    g_launched.clear();
+    float dummy[4];
+    const void* inputs[] = {dummy, dummy};
+    void* outputs[] = {dummy};
+    PluginTensorDesc in[] = {tensor(dims({2, 8}), DataType::kINT32),
+                             tensor(dims({8, 3}), DataType::kINT32)};
+    PluginTensorDesc out[] = {tensor(dims({2, 3}), DataType::kINT32)};
+    EXPECT(runtime(moe.get())->enqueue(in, out, inputs, outputs, nullptr, nullptr) != 0);
+    EXPECT(g_launched.empty());
+    EXPECT(contains(take_errors(), "MoECombine enqueue: unsupported tensor type"));
+
+    // a clone serialises its own copy of the fields: still valid once the original is gone, and
+    // asking twice gives the same fields, not more
+    const int32_t parts[] = {3, 3, 5, -1, 0};
+    const int32_t out_hw[] = {12, 20};
+    const int32_t patch = 4;
+    auto original = kpp_plugin({PluginField("parts", parts, PluginFieldType::kINT32, 5),
+                                PluginField("out_hw", out_hw, PluginFieldType::kINT32, 2),
+                                PluginField("patch", &patch, PluginFieldType::kINT32, 1)});
+    std::unique_ptr<IPluginV3> clone(original->clone());
+    const PluginFieldCollection* original_fields = runtime(original.get())->getFieldsToSerialize();
+    EXPECT(clone != nullptr && runtime(clone.get())->getFieldsToSerialize() != original_fields);
+    original.reset();
+    EXPECT(serialised_ints(clone.get(), 0) == std::vector<int64_t>({3, 3, 5, -1, 0}));
+    EXPECT(serialised_ints(clone.get(), 1) == std::vector<int64_t>({12, 20}));
+    EXPECT(serialised_ints(clone.get(), 2) == std::vector<int64_t>({4}));
+    EXPECT(runtime(clone.get())->getFieldsToSerialize()->nbFields == 5);
+    std::unique_ptr<IPluginV3> attached(runtime(clone.get())->attachToContext(nullptr));
+    clone.reset();
+    EXPECT(serialised_ints(attached.get(), 0) == std::vector<int64_t>({3, 3, 5, -1, 0}));
+    EXPECT(output_shape(attached.get(), {dims({3, 2, 6, 3}), dims({3, 2, 2}), dims({3, 2})}) ==
+           std::vector<int64_t>({3, 2, 15}));
+    EXPECT(take_errors().empty());
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -668,6 +730,7 @@ int main(int argc, char** argv) {
         {"kpp_defaults_and_round_trip", kpp_defaults_and_round_trip},
         {"kpp_bad_fields", kpp_bad_fields},
         {"kpp_formats_shapes_and_enqueue", kpp_formats_shapes_and_enqueue},
+        {"shared_plumbing", shared_plumbing},
         {"library_entry_points", library_entry_points},
     };
     if (argc != 2 || !checks.count(argv[1])) {
