@@ -235,12 +235,14 @@ struct TapHeat {
         }
     }
 
-    // The resized (unnormalised) map at the pixel: bilinear in the four taps.
+    // The resized (unnormalised) map at the pixel: bilinear in the four taps. Paper divides
+    // only where windows overlap (count <= 64: __fdividef's 2 ulp, no range issue).
     __device__ __forceinline__ float resized(float row_frac, float col_frac, bool paper) const {
         float heat[4];
 #pragma unroll
         for (int tap = 0; tap < 4; ++tap) {
-            heat[tap] = paper && count[tap] > 0.f ? value[tap] / count[tap] : value[tap];
+            heat[tap] = paper && count[tap] > 1.f ? __fdividef(value[tap], count[tap])
+                                                  : value[tap];
         }
         const float top = (1.f - col_frac) * heat[0] + col_frac * heat[1];
         const float bottom = (1.f - col_frac) * heat[2] + col_frac * heat[3];
@@ -450,20 +452,21 @@ __device__ PatchStats lane_column_patch(int row0, int col0, uint64_t relevant,
     const int phase = lane / patch;
     const BilinearTap tx = bilinear_tap(col0 + lane % patch, frame.width, desc.out_w);
     const BilinearTap ty = bilinear_tap(row0 + min(lane, patch - 1), frame.height, desc.out_h);
+    const int num_windows = __popcll(relevant);
     float col_low[kLaneJoints], col_high[kLaneJoints], row_low[kLaneJoints], row_high[kLaneJoints];
     uint64_t mask = relevant;
 #pragma unroll
     for (int q = 0; q < kLaneJoints; ++q) {
-        const bool used = mask != 0;
-        const KppJoint joint = used ? joints[__ffsll(static_cast<long long>(mask)) - 1]
-                                    : KppJoint{0, 0};
-        mask &= mask - 1;
-        col_low[q] = used ? window_factor(tx.low - joint.x, frame) : 0.f;
-        col_high[q] = used ? window_factor(tx.high - joint.x, frame) : 0.f;
-        row_low[q] = used ? window_factor(ty.low - joint.y, frame) : 0.f;
-        row_high[q] = used ? window_factor(ty.high - joint.y, frame) : 0.f;
+        col_low[q] = col_high[q] = row_low[q] = row_high[q] = 0.f;
+        if (q < num_windows) {  // warp-uniform
+            const KppJoint joint = joints[__ffsll(static_cast<long long>(mask)) - 1];
+            mask &= mask - 1;
+            col_low[q] = window_factor(tx.low - joint.x, frame);
+            col_high[q] = window_factor(tx.high - joint.x, frame);
+            row_low[q] = window_factor(ty.low - joint.y, frame);
+            row_high[q] = window_factor(ty.high - joint.y, frame);
+        }
     }
-    const int num_windows = __popcll(relevant);
     PatchStats stats = PatchStats::empty();
     const int passes = (patch + rows_per_pass - 1) / rows_per_pass;
     for (int pass = 0; pass < passes; ++pass) {

@@ -8,10 +8,8 @@ hardware shows (memory model, timing): the `gpu` tests in test_keypoint_patch_po
 real thing.
 """
 import ctypes
-import os
+import importlib.util
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kpp_cases as cases  # noqa: E402
+from host_toolchain import build_emulation, requires_host_toolchain  # noqa: E402
 
 from reid_export.ops.keypoint_patch_pool import (  # noqa: E402
     KEYREID_PARTS, MODES, decode_parts, encode_parts, keypoint_patch_pool)
@@ -27,14 +26,8 @@ from reid_export.ops.keypoint_patch_pool import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = ROOT / "kernels" / "keypoint_patch_pool" / "keypoint_patch_pool_kernel.cu"
 EMULATION = Path(__file__).resolve().parent / "kpp_cpu_emulation"
-CUDA_INCLUDE = next((p for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include",
-                                 Path("/usr/local/cuda/include")) if (p / "cuda_fp16.h").is_file()),
-                    None)
-GXX = shutil.which("g++")
 
-pytestmark = pytest.mark.skipif(
-    CUDA_INCLUDE is None or GXX is None,
-    reason="needs the CUDA toolkit headers and g++ (C++20), as the nvcc compile checks do")
+pytestmark = requires_host_toolchain
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _MODE_CODE = {"paper": 0, "max": 1, "constant": 2}
@@ -64,26 +57,17 @@ def _device_code() -> str:
         assert source.count(old) == 1, f"the emulation expects one {old!r} in {KERNEL_SOURCE}"
         source = source.replace(old, new)
     source, count = re.subn(r"__shared__ (\w+) sh;", r"static \1 sh;", source)
-    assert count == len(VARIANTS) - 1, f"the emulation expects one shared state per kernel"
+    assert count == len(VARIANTS) - 1, "the emulation expects one shared state per kernel"
     device_part = source[:source.index("int check_desc(")]
     return device_part + "}  // namespace emulated\n}  // namespace reid\n"
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    build = tmp_path_factory.mktemp("kpp_emulation")
-    (build / "kernel_source.cpp").write_text(_device_code())
-    library = build / "libkpp_emulated.so"
-    command = [GXX, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(library),
-               str(EMULATION / "harness.cpp"), "-I", str(build), "-I", str(EMULATION),
-               "-I", str(ROOT / "kernels" / "keypoint_patch_pool"), "-I", str(ROOT / "kernels"),
-               "-I", str(ROOT / "kernels" / "common"), "-I", str(CUDA_INCLUDE)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
-    lib.emulated_desc_size.restype = ctypes.c_size_t
-    assert lib.emulated_desc_size() == ctypes.sizeof(_Desc), "_Desc differs from reid_kernels.h"
-    return lib
+    return build_emulation(
+        tmp_path_factory.mktemp("kpp_emulation"), _device_code(), EMULATION / "harness.cpp",
+        [EMULATION, ROOT / "kernels" / "keypoint_patch_pool"], _Desc, flags=("-O2",),
+        timeout=600)
 
 
 def _desc(keypoints, parts, out_hw, patch, vis_thresh, mode):
@@ -140,9 +124,11 @@ def test_emulated_kernel_fp32_matches_reference(emulated, mode, variant, rng):
 def test_emulated_pooled_kernels_on_detector_like_clips(emulated, mode, variant):
     """The benchmark's inputs (upright poses, crops 64..512 px): clustered head joints give
     multi-window patches (lane-column or per-pixel path) and paper boxes worth scanning."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_keypoint_patch_pool import make_inputs
-    inputs = make_inputs(3, 4, seed=1, device="cpu")
+    spec = importlib.util.spec_from_file_location(
+        "bench_keypoint_patch_pool", ROOT / "benchmarks" / "bench_keypoint_patch_pool.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    inputs = bench.make_inputs(2, 4, seed=1, device="cpu")
     got = _run(emulated, *inputs, mode=mode, variant=variant)
     assert _error(got, *inputs, mode=mode) <= 1e-5
 

@@ -97,6 +97,8 @@ inline unsigned __float_as_uint(float value) {
     return bits;
 }
 
+inline float __fdividef(float numerator, float denominator) { return numerator / denominator; }
+
 inline float __uint_as_float(unsigned bits) {
     float value;
     std::memcpy(&value, &bits, sizeof value);
