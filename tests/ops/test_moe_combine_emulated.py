@@ -10,9 +10,6 @@ only hardware shows (memory model, timing, alignment faults): the `gpu` tests in
 test_moe_combine_gpu.py run the real thing.
 """
 import ctypes
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,19 +17,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_toolchain import build_emulation, requires_host_toolchain  # noqa: E402
 from moe_variants import KERNEL_SOURCE, VARIANTS  # noqa: E402
 from reid_export.ops import moe_combine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-CUDA_INCLUDE = next((p for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include",
-                                 Path("/usr/local/cuda/include")) if (p / "cuda_fp16.h").is_file()),
-                    None)
-GXX = shutil.which("g++")
 
-pytestmark = pytest.mark.skipif(
-    CUDA_INCLUDE is None or GXX is None,
-    reason="needs the CUDA toolkit headers and g++ (C++20), as the nvcc compile checks do")
+pytestmark = requires_host_toolchain
 
 INVALID_ARGUMENT, UNSUPPORTED_SHAPE = 10001, 10002
 LAUNCHERS = {torch.float32: "reid_moe_combine_f32", torch.float16: "reid_moe_combine_f16",
@@ -68,21 +60,12 @@ def _source_for_emulation() -> str:
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    build = tmp_path_factory.mktemp("moe_emulation")
-    (build / "kernel_source.cpp").write_text(_source_for_emulation())
-    library = build / "libmoe_emulated.so"
     # -Bsymbolic: the harness's cudaGetLastError must win over a libcudart torch may have loaded
-    command = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-               "-Wl,-Bsymbolic", "-o", str(library),
-               str(HERE / "moe_cpu_emulation" / "harness.cpp"), "-I", str(build),
-               "-I", str(HERE / "moe_cpu_emulation"), "-I", str(HERE / "kpp_cpu_emulation"), "-I", str(ROOT / "kernels" / "moe_combine"),
-               "-I", str(ROOT / "kernels"), "-I", str(ROOT / "kernels" / "common"),
-               "-I", str(CUDA_INCLUDE)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    loaded = ctypes.CDLL(str(library))
-    loaded.emulated_desc_size.restype = ctypes.c_size_t
-    assert loaded.emulated_desc_size() == ctypes.sizeof(_Desc), "_Desc differs from reid_kernels.h"
+    loaded = build_emulation(
+        tmp_path_factory.mktemp("moe_emulation"), _source_for_emulation(),
+        HERE / "moe_cpu_emulation" / "harness.cpp",
+        [HERE / "moe_cpu_emulation", HERE / "kpp_cpu_emulation", ROOT / "kernels" / "moe_combine"],
+        _Desc, flags=("-O1", "-w", "-Wl,-Bsymbolic"))
     loaded.emulated_last_launch_grid.restype = ctypes.c_uint
     loaded.emulated_unretired_copies.restype = ctypes.c_size_t
     loaded.reid_moe_combine_internal_variant_name.restype = ctypes.c_char_p

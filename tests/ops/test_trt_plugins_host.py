@@ -8,21 +8,19 @@ library is installable on these machines. The header copies are looked up in
 $REID_TRT_HEADERS (a path list) or /work/trt_headers{,_10}/include.
 """
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_toolchain import CUDA_INCLUDE, GXX, ROOT  # noqa: E402
+
 HARNESS = Path(__file__).resolve().parent / "trt_plugin_host" / "harness.cpp"
 SOURCES = [ROOT / "kernels" / "moe_combine" / "moe_combine_plugin.cpp",
            ROOT / "kernels" / "keypoint_patch_pool" / "keypoint_patch_pool_plugin.cpp",
            ROOT / "kernels" / "plugins" / "reid_plugin_library.cpp"]
-CUDA_INCLUDE = next((p for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include",
-                                 Path("/usr/local/cuda/include")) if (p / "cuda_runtime.h").is_file()),
-                    None)
-GXX = shutil.which("g++")
 CHECKS = ["moe_creator_and_fields", "moe_bad_fields", "moe_formats_and_types",
           "moe_output_shapes", "moe_shape_checks", "moe_enqueue_description",
           "kpp_defaults_and_round_trip", "kpp_bad_fields", "kpp_formats_shapes_and_enqueue",
