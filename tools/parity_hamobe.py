@@ -40,10 +40,7 @@ Exit status 1 when a run misses its tolerance (``TOLERANCES``).
 from __future__ import annotations
 
 import argparse
-import io
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import types
@@ -52,6 +49,8 @@ from pathlib import Path
 import torch
 
 from reid_export.models import checkpoint, hamobe
+
+from official_source import extract_commit  # beside this script: tools/ is sys.path[0]
 
 DEFAULT_REPO = "/work/.mirror/GeoGebra2+hamobe/repo"
 CONFIGS = {
@@ -77,12 +76,7 @@ def _replace_once(path: Path, old: str, new: str) -> None:
 
 def materialise(repo: str, commit: str, dest: Path) -> Path:
     """Extract ``commit`` of ``repo`` into ``dest/official`` and patch it to run on a CPU."""
-    source = dest / "official"
-    source.mkdir()
-    archive = subprocess.run(["git", "-C", repo, "archive", commit], check=True,
-                             capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(source, filter="data")
+    source = extract_commit(repo, commit, dest)
     vid_resnet = source / "models" / "vid_resnet.py"
     text = vid_resnet.read_text()
     start = text.index("\n    def forward_two_inputs(self, x1")

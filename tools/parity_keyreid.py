@@ -38,10 +38,8 @@ import argparse
 import contextlib
 import copy
 import importlib.util
-import io
 import subprocess
 import sys
-import tarfile
 import tempfile
 import types
 from pathlib import Path
@@ -50,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from official_source import extract_commit  # beside this script: tools/ is sys.path[0]
 
 DEFAULT_REPO = "/work/.mirror/JinSeong0115+KeyRe-ID/repo"
 PAPER_ERA_COMMIT = "66475a9"  # last commit of keypoint/keypoints_to_masks.py before 524ca52
@@ -67,12 +67,7 @@ TOLERANCES = {"float32": (0.99999, 1e-4), "float64": (1 - 1e-12, 1e-10)}
 def materialise(repo: str, commit: str, dest: Path) -> Path:
     """Extract ``commit`` of the git repository ``repo`` into ``dest/official`` and the
     paper-era heatmap generator beside it; returns the source directory."""
-    source = dest / "official"
-    source.mkdir()
-    archive = subprocess.run(["git", "-C", repo, "archive", commit], check=True,
-                             capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(source, filter="data")
+    source = extract_commit(repo, commit, dest)
     paper_era = subprocess.run(
         ["git", "-C", repo, "show", f"{PAPER_ERA_COMMIT}:keypoint/keypoints_to_masks.py"],
         check=True, capture_output=True).stdout
