@@ -311,7 +311,7 @@ private:
 }  // namespace
 
 nvinfer1::IPluginCreatorV3One& keypoint_patch_pool_creator() {
-    return the_creator<KeypointPatchPoolPlugin>();
+    return creator_of<KeypointPatchPoolPlugin>();
 }
 
 }  // namespace plugin

@@ -189,7 +189,7 @@ private:
 
 }  // namespace
 
-nvinfer1::IPluginCreatorV3One& moe_combine_creator() { return the_creator<MoECombinePlugin>(); }
+nvinfer1::IPluginCreatorV3One& moe_combine_creator() { return creator_of<MoECombinePlugin>(); }
 
 }  // namespace plugin
 }  // namespace reid

@@ -261,7 +261,7 @@ private:
 
 // The creator of Op's plugins: one per process (what <op>_creator() of the op's header returns).
 template <typename Op>
-nvinfer1::IPluginCreatorV3One& the_creator() {
+nvinfer1::IPluginCreatorV3One& creator_of() {
     static PluginCreator<Op> creator;
     return creator;
 }
