@@ -276,6 +276,7 @@ struct PatchStats {
 };
 
 // Block-shared state of one round (up to kKppMaxGroupFrames frames) besides the K-long arrays.
+static_assert(kKppMaxGroupFrames <= 32, "empty_frames holds one bit per frame of a round");
 struct KppRoundShared {
     KppFrame frames[kKppMaxGroupFrames];
     uint64_t drawn[kKppMaxGroupFrames];
@@ -283,8 +284,9 @@ struct KppRoundShared {
     // min / max: the result does not depend on the order.
     unsigned nearest_max[kKppMaxGroupFrames];  // best heat at the drawn joints' nearest points
     unsigned scanned_max[kKppMaxGroupFrames];  // paper: best heat inside the scanned boxes
-    unsigned map_low[kKppMaxGroupFrames];      // the resized map's minimum
+    unsigned map_low[kKppMaxGroupFrames];      // the resized map's minimum over listed patches
     unsigned map_high[kKppMaxGroupFrames];     // the resized map's maximum
+    unsigned empty_frames;  // bit g: frame g has a patch no window reaches (map minimum 0)
     KppJoint joints[kKppMaxRoundSlots];        // [frame in round][slot]
     int boxes[kKppMaxRoundSlots];              // paper: frame * num_slots + slot to scan
     int num_boxes, num_multi, num_single, next_item;
@@ -323,7 +325,8 @@ __device__ void read_round_frame(const reid_keypoint_patch_pool_desc& desc, cons
 
 // Step 2: each drawn joint's nearest-point heat; the paper boxes; the patch work list.
 // Multi-window patches fill `items` from the front, single-window ones from the back (with the
-// window's slot in the low kSlotBits); patches no window reaches get their sum 0 here.
+// window's slot in the low kSlotBits); patches no window reaches get their sum 0 here and mark
+// their frame in empty_frames (one atomic per warp: most patches are empty).
 __device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slots, int frames,
                           bool paper, KppRoundShared& sh, float* patch_sums, int* items,
                           int capacity) {
@@ -340,6 +343,7 @@ __device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slo
         if (paper) sh.boxes[atomicAdd(&sh.num_boxes, 1)] = e;
     }
     const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
+    unsigned empty_frames = 0;
     for (int e = threadIdx.x; e < frames * num_patches; e += blockDim.x) {
         const int g = e / num_patches;
         const uint64_t drawn = sh.drawn[g];
@@ -348,7 +352,7 @@ __device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slo
                                                drawn, sh.frames[g]);
         if (relevant == 0) {
             patch_sums[e] = 0.f;
-            atomicMin(&sh.map_low[g], 0u);
+            empty_frames |= 1u << g;
         } else if ((relevant & (relevant - 1)) == 0) {
             const int slot = __ffsll(static_cast<long long>(relevant)) - 1;
             items[capacity - 1 - atomicAdd(&sh.num_single, 1)] = (e << kSlotBits) | slot;
@@ -356,6 +360,10 @@ __device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slo
             items[atomicAdd(&sh.num_multi, 1)] = e;
         }
     }
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        empty_frames |= __shfl_xor_sync(kFullMask, empty_frames, offset);
+    }
+    if (threadIdx.x % kWarpSize == 0 && empty_frames != 0) atomicOr(&sh.empty_frames, empty_frames);
 }
 
 // Paper: the largest heat inside the box around drawn joint `e` (frame * num_slots + slot) that
@@ -555,7 +563,7 @@ __device__ bool add_round(const reid_keypoint_patch_pool_desc& desc, int frames,
                 total += -1.f;
                 continue;
             }
-            const float low = __uint_as_float(sh.map_low[g]);
+            const float low = (sh.empty_frames >> g) & 1 ? 0.f : __uint_as_float(sh.map_low[g]);
             const float high = __uint_as_float(sh.map_high[g]);
             const float part_max = fmaxf(__uint_as_float(sh.nearest_max[g]),
                                          __uint_as_float(sh.scanned_max[g]));
@@ -600,7 +608,10 @@ keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
             read_round_frame(desc, keypoints, crop_hw, frame_valid, clip, first + g, first_slot,
                              num_slots, g, sh);
         }
-        if (threadIdx.x == 0) sh.num_boxes = sh.num_multi = sh.num_single = sh.next_item = 0;
+        if (threadIdx.x == 0) {
+            sh.num_boxes = sh.num_multi = sh.num_single = sh.next_item = 0;
+            sh.empty_frames = 0u;
+        }
         __syncthreads();
         list_work(desc, num_slots, frames, paper, sh, patch_sums, items, capacity);
         __syncthreads();

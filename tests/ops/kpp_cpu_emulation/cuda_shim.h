@@ -88,6 +88,10 @@ inline unsigned atomicMin(unsigned* address, unsigned value) {
     return old;
 }
 
+inline unsigned atomicOr(unsigned* address, unsigned value) {
+    return std::atomic_ref<unsigned>(*address).fetch_or(value);
+}
+
 inline int __ffsll(long long value) { return __builtin_ffsll(value); }
 inline int __popcll(unsigned long long value) { return __builtin_popcountll(value); }
 
