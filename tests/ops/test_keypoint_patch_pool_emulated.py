@@ -165,6 +165,7 @@ def test_emulated_kernel_map_minimum_above_zero(emulated, mode, variant, rng):
     ((12, 20), 4, ((3, 3, 5), (5, 0), (19,), (2, 7, 11, 13, 16)), 20),
     ((8, 8), 8, (tuple(range(32)) * 2,), 32),  # > 8 windows per patch: per-pixel path
     ((128, 64), 64, ((0, 1, 2, 3, 4), (5, 6)), 17),  # patch > 32: per-pixel path
+    ((36, 24), 12, ((0, 1, 2, 3, 4), (5, 6, 11, 12)), 17),  # 32 % patch != 0: idle lanes
 ])
 def test_emulated_kernel_odd_geometry(emulated, out_hw, patch, parts, joints, variant, rng):
     inputs = cases.as_tensors(*cases.random_clip_batch(rng, 2, 2, joints=joints, kind="small"),
@@ -178,6 +179,7 @@ def test_emulated_kernel_odd_geometry(emulated, out_hw, patch, parts, joints, va
 @pytest.mark.parametrize("out_hw, patch, parts, joints, frames", [
     ((256, 128), 4, ((0, 1, 2, 3, 4), (9, 10)), 17, 3),  # K = 2048: 2 frames per round
     ((16, 8), 4, (tuple(range(30)) * 2, (1, 2)), 32, 6),  # 60 slots: 4 frames per round
+    ((64, 32), 16, KEYREID_PARTS, 17, 18),  # 16 frames per round: 2 per warp when reading
 ])
 def test_emulated_pooled_kernel_takes_frames_in_rounds(emulated, out_hw, patch, parts, joints,
                                                        frames, rng):
