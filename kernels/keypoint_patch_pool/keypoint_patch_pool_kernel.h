@@ -23,7 +23,8 @@ constexpr int kKppSharedBudgetBytes = 40 * 1024;
 // bilinear source-index product (2o + 1) * in in int32. A valid frame outside [1, 32768] gives
 // NaN weights (the reference raises).
 constexpr int kKppMaxSide = 32768;
-// Most patches K = (out_h / patch) * (out_w / patch): three K-long arrays live in shared memory.
+// Most patches K = (out_h / patch) * (out_w / patch): K-long arrays live in shared memory (at
+// least two frames per round fit kKppSharedBudgetBytes).
 constexpr int kKppMaxPatches = 2048;
 
 // Implementations the launcher can run, chosen by the environment variable REID_KPP_VARIANT
