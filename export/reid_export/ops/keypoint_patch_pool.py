@@ -24,6 +24,7 @@ Four forms that agree:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -75,6 +76,19 @@ def encode_parts(parts: Sequence[Sequence[int]]) -> list[int]:
 
 def decode_parts(flat: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """``[0, 1, -1, 5]`` -> ``((0, 1), (5,))``, the inverse of :func:`encode_parts`."""
+    try:
+        return _decode_parts_cached(tuple(flat))
+    except TypeError:  # unhashable entries: decode (and fail) uncached
+        return _decode_parts(flat)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_parts_cached(flat: tuple) -> tuple[tuple[int, ...], ...]:
+    # Every op call decodes the same few attribute lists; validation runs once per list.
+    return _decode_parts(flat)
+
+
+def _decode_parts(flat) -> tuple[tuple[int, ...], ...]:
     parts: list[list[int]] = [[]]
     for value in flat:
         value = _as_int(value, "parts entry")
