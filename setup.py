@@ -81,7 +81,11 @@ class BuildExtWithKernels(build_ext):
                 continue
             for target in targets:
                 target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(built, target / name)
+                # Copy then rename: processes that have the old library loaded keep their
+                # mapping intact (an in-place overwrite crashes them).
+                staging = target / f".{name}.tmp"
+                shutil.copy2(built, staging)
+                os.replace(staging, target / name)
 
 
 def extensions():

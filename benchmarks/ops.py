@@ -2,7 +2,7 @@
 
     python benchmarks/ops.py
 
-MoECombine at HAMoBE's shape (leading 256 x 257 tokens, C=512, E=8, J=3; fp16 and fp32):
+MoECombine at HAMoBE's shape (leading 256 x 257 tokens, C=512, E=8, J=3; fp16, bf16 and fp32):
 achieved bandwidth as a fraction of the GPU's measured copy bandwidth, speedup over the official
 formulation and over torch.einsum (benchmarks/bench_moe_combine.py). KeypointPatchPool at B=64,
 T=4: speedup over the reference that materialises heatmaps
