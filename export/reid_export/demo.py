@@ -38,7 +38,7 @@ def load_defaults() -> dict:
 
 def default_checkpoint(arch: str) -> Path:
     """Path of the embedded default checkpoint of ``arch``, its sha256 verified."""
-    from reid_export.onnx_export import file_sha256
+    from reid_sdk.backends import file_sha256
 
     entry = load_defaults()[arch]
     path = ASSETS / entry["file"]

@@ -15,7 +15,6 @@ Runtime runs the file as it is and TensorRT maps the nodes to our plugins.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import tempfile
 import warnings
@@ -170,12 +169,4 @@ def read_spec(path) -> EngineSpec:
     raise ValueError(f"{path} has no {METADATA_KEY} metadata: export it with `reid-export onnx`")
 
 
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-__all__ = ["EngineModel", "build_spec", "export_onnx", "file_sha256", "read_spec", "set_spec", "torch_inputs"]
+__all__ = ["EngineModel", "build_spec", "export_onnx", "read_spec", "set_spec", "torch_inputs"]

@@ -15,7 +15,7 @@ import torch
 
 from reid_export.contracts import contract_for
 from reid_export.onnx_export import EngineModel
-from reid_sdk.backends import Backend, TensorDesc, io_contract
+from reid_sdk.backends import Backend, io_contract
 from reid_sdk.spec import EngineSpec
 
 
@@ -54,9 +54,3 @@ class TorchBackend(Backend):
         with self._lock:
             out = self.module(*tensors)
         return out.float().cpu().numpy()
-
-
-def torch_descs(model) -> tuple:
-    """TensorDesc of the model's engine inputs (batch dim None), for reports."""
-    return tuple(TensorDesc(i.name, np.dtype(i.dtype), (None, *i.shape))
-                 for i in contract_for(model).inputs)

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     model.to("cpu")
     from reid_export.models.checkpoint import save_checkpoint
     save_checkpoint(model, args.out)
-    from reid_export.onnx_export import file_sha256
+    from reid_sdk.backends import file_sha256
     report = {"checkpoint": str(args.out), "sha256": file_sha256(args.out),
               "arch": args.arch, "preset": args.preset, "train": dataclasses.asdict(config),
               "data": str(args.data), "command": "reid-export train " + " ".join(

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from reid_export import demo, models
-from reid_export.onnx_export import file_sha256
+from reid_sdk.backends import file_sha256
 from reid_sdk import cli as sdk_cli
 
 SAME_CLOTHES_MAP_BAND = (0.6, 0.95)

@@ -24,7 +24,6 @@ executing anything, or a state_dict in a torch or safetensors file).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 
 from reid_export.models import ARCHS, arch_module
+from reid_sdk.backends import file_sha256
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_tensors", "save_checkpoint"]
 
@@ -363,14 +363,6 @@ def _is_optional(module, key: str) -> bool:
         key.startswith(module.BACKBONE_PREFIX)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _hamobe_backbone(module, model, state: dict, backbone_path, map_location, path, source):
     """``state`` plus the CLIP backbone from ``backbone_path`` when the checkpoint lacks it."""
     carried = [k for k in module.backbone_keys(model) if k in state]
@@ -392,7 +384,7 @@ def _hamobe_backbone(module, model, state: dict, backbone_path, map_location, pa
         backbone = module.clip_backbone_state(dict(content), model.reid_config)
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"{backbone_path}: {error}") from None
-    source.update(backbone=backbone_path.name, backbone_sha256=_file_sha256(backbone_path))
+    source.update(backbone=backbone_path.name, backbone_sha256=file_sha256(backbone_path))
     return {**state, **backbone}
 
 
@@ -445,7 +437,7 @@ def load_checkpoint(path, arch=None, preset=None, *, backbone_path=None, map_loc
                               f"{_ARCH_NAMES[arch]}; pass arch={detected!r} or the right file")
     module = arch_module(detected)
     config = _config_for(module, detected, state, metadata, preset, overrides, path)
-    source = {"checkpoint": path.name, "checkpoint_sha256": _file_sha256(path)}
+    source = {"checkpoint": path.name, "checkpoint_sha256": file_sha256(path)}
     try:
         model = getattr(module, "build_empty", module.build)(**config)
     except ValueError as error:
