@@ -42,6 +42,7 @@ class ProgressBar:
         self.done = 0
         self._start = time.perf_counter()
         self._last_draw = -float("inf")
+        self._drawn = -1  # `done` when the line was last drawn
         self._lock = threading.Lock()
 
     def render(self) -> str:
@@ -63,14 +64,16 @@ class ProgressBar:
                 return
             now = time.perf_counter()
             if now - self._last_draw >= self.min_interval or self.done >= self.total:
-                self._last_draw = now
+                self._last_draw, self._drawn = now, self.done
                 self.stream.write("\r" + self.render())
                 self.stream.flush()
 
     def close(self) -> None:
         with self._lock:
             if self.enabled and self._last_draw > -float("inf"):
-                self.stream.write("\r" + self.render() + "\n")
+                # The final state ends the line; redraw only if it was not shown yet.
+                line = "" if self._drawn == self.done else "\r" + self.render()
+                self.stream.write(line + "\n")
                 self.stream.flush()
             self.enabled = False
 
