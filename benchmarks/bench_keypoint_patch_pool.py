@@ -3,12 +3,10 @@ part's heatmap at crop resolution and pools it (reid_export.ops.keypoint_patch_p
 
     python benchmarks/bench_keypoint_patch_pool.py                 # B=64, T=4, paper+max, fp32+fp16
     python benchmarks/bench_keypoint_patch_pool.py --batch 1 --reps 50
-    python benchmarks/bench_keypoint_patch_pool.py --variants pooled_lanes
 
 Inputs: crops of random height 64..512 and width about height / 2 (detector-like), COCO-17
 poses from a standing-person template with jitter, confidences uniform in [0, 1] (about 10 %
-of the joints fall below vis_thresh). Every kernel variant (REID_KPP_VARIANT, see
-kernels/keypoint_patch_pool/keypoint_patch_pool_kernel.h) is timed in the same run, two ways:
+of the joints fall below vis_thresh). The kernel is timed two ways:
 
 * ``op ms``: ``torch.ops.reid.keypoint_patch_pool`` as users call it, one call between CUDA
   events, so the Python dispatch and validation before the launch are included;
@@ -21,14 +19,12 @@ times to size its padded heatmaps). Target: op speedup >= 50x at B=64, T=4.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 
 import numpy as np
 import torch
 
-VARIANTS = ("baseline", "pooled", "pooled_lanes")  # REID_KPP_VARIANT; the last is the default
 _GRAPH_CALLS = 20
 
 # COCO-17 joints of an upright person, as fractions of the crop (x of width, y of height).
@@ -81,72 +77,49 @@ def _device_ms(call, reps: int) -> float:
 
 
 def run(batch: int = 64, frames: int = 4, modes=("paper", "max"),
-        dtypes=(torch.float32, torch.float16), variants=VARIANTS, reps: int = 20,
-        warmup: int = 3, seed: int = 0) -> list[dict]:
-    """One row per (mode, dtype, variant): op and device median ms, the reference's median ms,
-    speedups, max |difference| from the float64 reference."""
+        dtypes=(torch.float32, torch.float16), reps: int = 20, warmup: int = 3,
+        seed: int = 0) -> list[dict]:
+    """One row per (mode, dtype): op and device median ms, the reference's median ms, speedups,
+    max |difference| from the float64 reference."""
     if not torch.cuda.is_available():
         raise RuntimeError("bench_keypoint_patch_pool needs a CUDA GPU (torch.cuda.is_available()"
                            " is False); run it on the GPU machine")
     from reid_export.ops.keypoint_patch_pool import keypoint_patch_pool, keypoint_patch_pool_op
     from reid_sdk import _native  # noqa: F401  (fail here, clearly, if the kernels are missing)
 
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise RuntimeError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
-    saved = os.environ.get("REID_KPP_VARIANT")
     rows = []
-    try:
-        for dtype in dtypes:
-            inputs = make_inputs(batch, frames, seed, dtype=dtype)
-            for mode in modes:
-                reference_ms = _median_ms(
-                    lambda inputs=inputs, mode=mode: keypoint_patch_pool(*inputs, mode=mode),
-                    max(3, reps // 4), 1)
-                truth = keypoint_patch_pool(inputs[0].double(), *inputs[1:], mode=mode)
+    for dtype in dtypes:
+        inputs = make_inputs(batch, frames, seed, dtype=dtype)
+        for mode in modes:
+            reference_ms = _median_ms(
+                lambda inputs=inputs, mode=mode: keypoint_patch_pool(*inputs, mode=mode),
+                max(3, reps // 4), 1)
+            truth = keypoint_patch_pool(inputs[0].double(), *inputs[1:], mode=mode)
 
-                def call(inputs=inputs, mode=mode):
-                    return keypoint_patch_pool_op(*inputs, mode=mode)
+            def call(inputs=inputs, mode=mode):
+                return keypoint_patch_pool_op(*inputs, mode=mode)
 
-                for variant in variants:
-                    os.environ["REID_KPP_VARIANT"] = variant  # read by the launcher per launch
-                    op_ms = _median_ms(call, reps, warmup)
-                    device_ms = _device_ms(call, reps)
-                    error = float((call().double() - truth).abs().max())
-                    rows.append(dict(
-                        op="KeypointPatchPool", mode=mode, dtype=str(dtype).replace("torch.", ""),
-                        variant=variant, batch=batch, frames=frames, op_ms=op_ms,
-                        device_ms=device_ms, reference_ms=reference_ms,
-                        speedup=reference_ms / op_ms, device_speedup=reference_ms / device_ms,
-                        max_abs_error_vs_float64=error, device=torch.cuda.get_device_name()))
-    finally:
-        if saved is None:
-            os.environ.pop("REID_KPP_VARIANT", None)
-        else:
-            os.environ["REID_KPP_VARIANT"] = saved
+            op_ms = _median_ms(call, reps, warmup)
+            device_ms = _device_ms(call, reps)
+            error = float((call().double() - truth).abs().max())
+            rows.append(dict(
+                op="KeypointPatchPool", mode=mode, dtype=str(dtype).replace("torch.", ""),
+                batch=batch, frames=frames, op_ms=op_ms, device_ms=device_ms,
+                reference_ms=reference_ms, speedup=reference_ms / op_ms,
+                device_speedup=reference_ms / device_ms, max_abs_error_vs_float64=error,
+                device=torch.cuda.get_device_name()))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """The rows as a text table, then each variant's total device time (the selection figure)."""
-    baseline = {(r["mode"], r["dtype"]): r["device_ms"] for r in rows
-                if r["variant"] == "baseline"}
-    header = (f"{'mode':<7}{'dtype':<9}{'variant':<14}{'op ms':>9}{'device ms':>11}"
-              f"{'vs baseline':>13}{'ref ms':>9}{'op speedup':>12}{'device speedup':>16}"
-              f"{'max err':>10}")
+    """The rows as a text table."""
+    header = (f"{'mode':<7}{'dtype':<9}{'op ms':>9}{'device ms':>11}{'ref ms':>9}"
+              f"{'op speedup':>12}{'device speedup':>16}{'max err':>10}")
     lines = [header]
     for r in rows:
-        base = baseline.get((r["mode"], r["dtype"]))
-        relative = f"{base / r['device_ms']:.2f}x" if base else "-"
-        lines.append(f"{r['mode']:<7}{r['dtype']:<9}{r['variant']:<14}{r['op_ms']:>9.4f}"
-                     f"{r['device_ms']:>11.4f}{relative:>13}{r['reference_ms']:>9.3f}"
-                     f"{r['speedup']:>11.1f}x{r['device_speedup']:>15.1f}x"
-                     f"{r['max_abs_error_vs_float64']:>10.2e}")
-    totals = {}
-    for r in rows:
-        totals[r["variant"]] = totals.get(r["variant"], 0.0) + r["device_ms"]
-    lines.append("total device ms per variant (lower is better): " + ", ".join(
-        f"{v} {t:.4f}" for v, t in sorted(totals.items(), key=lambda item: item[1])))
+        lines.append(f"{r['mode']:<7}{r['dtype']:<9}{r['op_ms']:>9.4f}{r['device_ms']:>11.4f}"
+                     f"{r['reference_ms']:>9.3f}{r['speedup']:>11.1f}x"
+                     f"{r['device_speedup']:>15.1f}x{r['max_abs_error_vs_float64']:>10.2e}")
     return "\n".join(lines)
 
 
@@ -155,11 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                        help=f"REID_KPP_VARIANT values to time (default: all of {VARIANTS})")
     args = parser.parse_args(argv)
     try:
-        rows = run(args.batch, args.frames, variants=tuple(args.variants), reps=args.reps)
+        rows = run(args.batch, args.frames, reps=args.reps)
     except (RuntimeError, ImportError) as err:
         print(f"bench_keypoint_patch_pool: {err}", file=sys.stderr)
         return 2

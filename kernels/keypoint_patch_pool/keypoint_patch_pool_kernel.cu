@@ -3,7 +3,7 @@
 // code it follows).
 //
 // One block per (clip, part) takes the clip's frames in rounds and works on all frames of a round
-// at once (the pooled kernel; keypoint_patch_pool_kernel.h lists the variants):
+// at once:
 //   1. One warp per frame reads the part's joints: truncated centres, drawn or not (confidence,
 //      window meets the crop).
 //   2. The part's maximum over the crop (it scales the min-max epsilon). max mode: the value at
@@ -15,7 +15,9 @@
 //      as they finish, the costly ones first. Window values factor into 1-D row and column
 //      factors, and the bilinear resize is separable, so a patch only one window reaches is
 //      (row profile) x (column profile): its sum, minimum and maximum come from 2 * patch values.
-//      Other patches are evaluated per output pixel from their four source taps.
+//      A patch several windows reach is evaluated per output pixel from its four source taps:
+//      one output column per lane with the windows' column factors in registers and the row
+//      factors shuffled in (patch <= 32, <= kLaneJoints windows), else each pixel on its own.
 //   4. min-max, (x - 0.5) / 0.5 and the patch means are affine, so each patch's value follows
 //      from its sum and the frame's map minimum and maximum (order-free atomic min / max).
 // Each patch sum is written by one warp in a fixed lane order and frames are added in order, so
@@ -27,8 +29,6 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "keypoint_patch_pool_kernel.h"
 #include "reid_common.cuh"
@@ -135,30 +135,11 @@ __device__ __forceinline__ uint64_t patch_joints(int k, const reid_keypoint_patc
     return relevant;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+__device__ __forceinline__ float warp_max(float v) {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(kFullMask, v, offset);
+        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
     }
     return v;
-}
-
-template <bool kMax>
-__device__ __forceinline__ float extreme(float a, float b) {
-    return kMax ? fmaxf(a, b) : fminf(a, b);
-}
-
-template <bool kMax>
-__device__ __forceinline__ float warp_extreme(float v) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        v = extreme<kMax>(v, __shfl_xor_sync(kFullMask, v, offset));
-    }
-    return v;
-}
-
-// The block's dynamic shared memory (the K-long arrays).
-__device__ __forceinline__ float* kpp_dynamic_shared() {
-    extern __shared__ float kpp_shared[];
-    return kpp_shared;
 }
 
 // Frame t of `clip`: validity, crop size, radius, state.
@@ -201,10 +182,6 @@ __device__ __forceinline__ bool read_joint(const reid_keypoint_patch_pool_desc& 
     *centre = KppJoint{drawn ? static_cast<int>(x) : 0, drawn ? static_cast<int>(y) : 0};
     return drawn;
 }
-
-// -------------------------------------------------------------------------------------------
-// Pooled kernel (variants pooled_lanes and pooled)
-// -------------------------------------------------------------------------------------------
 
 // One axis of a window: exp2(s d^2) for |d| <= r, 0 outside (a window value is the product of
 // its row and column factors). d * d is exact in float for |d| <= kKppMaxSide / 11.
@@ -397,7 +374,7 @@ __device__ void scan_box(int e, int num_slots, KppRoundShared& sh) {
     for (int i = threadIdx.x % kWarpSize; i < box_area; i += kWarpSize) {
         best = fmaxf(best, heat_at(y0 + i / box_w, x0 + i % box_w, joints, covering, frame, true));
     }
-    best = warp_extreme<true>(best);
+    best = warp_max(best);
     if (threadIdx.x % kWarpSize == 0) atomicMax(&sh.scanned_max[g], __float_as_uint(best));
 }
 
@@ -501,8 +478,7 @@ __device__ PatchStats lane_column_patch(int row0, int col0, uint64_t relevant,
 // patches, single-window patches (costliest first). Lane 0 stores each patch's sum and folds
 // its minimum and maximum into the frame's.
 __device__ void run_work(const reid_keypoint_patch_pool_desc& desc, int num_slots, bool paper,
-                         bool lane_columns, KppRoundShared& sh, float* patch_sums,
-                         const int* items, int capacity) {
+                         KppRoundShared& sh, float* patch_sums, const int* items, int capacity) {
     const int lane = threadIdx.x % kWarpSize;
     const int num_boxes = sh.num_boxes;
     const int num_multi = sh.num_multi;
@@ -532,7 +508,7 @@ __device__ void run_work(const reid_keypoint_patch_pool_desc& desc, int num_slot
             stats = separable_patch(row0, col0, joints[code & ((1 << kSlotBits) - 1)], frame, desc);
         } else {
             const uint64_t relevant = patch_joints(k, desc, joints, sh.drawn[g], frame);
-            if (lane_columns && desc.patch <= kWarpSize && __popcll(relevant) <= kLaneJoints) {
+            if (desc.patch <= kWarpSize && __popcll(relevant) <= kLaneJoints) {
                 stats = lane_column_patch(row0, col0, relevant, joints, frame, desc, paper);
             } else {
                 stats = per_pixel_patch(row0, col0, relevant, joints, frame, desc, paper);
@@ -582,11 +558,12 @@ __global__ void __launch_bounds__(kKppBlockThreads, 3)
 keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
                            const T* __restrict__ keypoints, const int32_t* __restrict__ crop_hw,
                            const uint8_t* __restrict__ frame_valid, T* __restrict__ out,
-                           int group_frames, bool lane_columns) {
+                           int group_frames) {
     const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
     const int capacity = group_frames * num_patches;
-    float* frame_total = kpp_dynamic_shared();               // [K] sum over frames
-    float* patch_sums = frame_total + num_patches;           // [round frame][K]
+    extern __shared__ float kpp_shared[];                        // sized by round_plan
+    float* frame_total = kpp_shared;                             // [K] sum over frames
+    float* patch_sums = frame_total + num_patches;               // [round frame][K]
     int* items = reinterpret_cast<int*>(patch_sums + capacity);  // [capacity] work list
     __shared__ KppRoundShared sh;
 
@@ -615,7 +592,7 @@ keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
         __syncthreads();
         list_work(desc, num_slots, frames, paper, sh, patch_sums, items, capacity);
         __syncthreads();
-        run_work(desc, num_slots, paper, lane_columns, sh, patch_sums, items, capacity);
+        run_work(desc, num_slots, paper, sh, patch_sums, items, capacity);
         __syncthreads();
         poisoned |= add_round(desc, frames, sh, patch_sums, frame_total);
         __syncthreads();  // the next round rewrites the shared state
@@ -630,211 +607,16 @@ keypoint_patch_pool_kernel(const reid_keypoint_patch_pool_desc desc,
 }
 
 // -------------------------------------------------------------------------------------------
-// Baseline kernel (variant baseline): version 1's kernel, kept only to compare against in
-// benchmarks/bench_keypoint_patch_pool.py; one block per (clip, part) takes one frame at a time.
-// -------------------------------------------------------------------------------------------
-
-// The resized (unnormalised) map at output pixel (oy, ox).
-__device__ __forceinline__ float resized_at(int oy, int ox, int out_h, int out_w,
-                                            const KppJoint* joints, uint64_t mask,
-                                            const KppFrame& frame, bool paper) {
-    const BilinearTap ty = bilinear_tap(oy, frame.height, out_h);
-    const BilinearTap tx = bilinear_tap(ox, frame.width, out_w);
-    const float top = (1.f - tx.frac) * heat_at(ty.low, tx.low, joints, mask, frame, paper) +
-                      tx.frac * heat_at(ty.low, tx.high, joints, mask, frame, paper);
-    const float bottom = (1.f - tx.frac) * heat_at(ty.high, tx.low, joints, mask, frame, paper) +
-                         tx.frac * heat_at(ty.high, tx.high, joints, mask, frame, paper);
-    return (1.f - ty.frac) * top + ty.frac * bottom;
-}
-
-// Block-wide max (or min); every thread gets the result. Contains two barriers.
-template <bool kMax>
-__device__ __forceinline__ float block_extreme(float v, float* scratch) {
-    v = warp_extreme<kMax>(v);
-    if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
-    __syncthreads();
-    float result = scratch[0];
-    for (int w = 1; w < kWarps; ++w) result = extreme<kMax>(result, scratch[w]);
-    __syncthreads();
-    return result;
-}
-
-// Block-shared state of one (clip, part) block besides the K-long arrays.
-struct KppShared {
-    KppJoint joints[REID_KPP_MAX_PART_JOINTS];
-    KppFrame frame;
-    unsigned drawn_bits[2];
-    int num_active;
-    float scratch[kWarps];
-};
-
-// Step 1: one thread per slot of the part loads its joint; returns the mask of drawn slots.
-// Contains one barrier.
-template <typename T>
-__device__ uint64_t load_joints(const reid_keypoint_patch_pool_desc& desc, const T* keypoints,
-                                int64_t clip, int64_t t, int first_slot, int num_slots,
-                                const KppFrame& frame, KppShared& sh) {
-    bool drawn = false;
-    if (threadIdx.x < num_slots) {
-        drawn = read_joint(desc, keypoints, clip, t, desc.part_joints[first_slot + threadIdx.x],
-                           frame, &sh.joints[threadIdx.x]);
-    }
-    const int warp = threadIdx.x / kWarpSize;
-    if (warp < 2) {  // slots 0..63
-        const unsigned bits = __ballot_sync(kFullMask, drawn);
-        if (threadIdx.x % kWarpSize == 0) sh.drawn_bits[warp] = bits;
-    }
-    __syncthreads();
-    return (static_cast<uint64_t>(sh.drawn_bits[1]) << 32) | sh.drawn_bits[0];
-}
-
-// Step 2: the part's maximum over the crop. Contains barriers.
-__device__ float part_maximum(uint64_t drawn, int num_slots, const KppFrame& frame, bool paper,
-                              KppShared& sh) {
-    float nearest_value = 0.f;
-    if (threadIdx.x < num_slots && ((drawn >> threadIdx.x) & 1)) {
-        const KppJoint joint = sh.joints[threadIdx.x];
-        nearest_value = heat_at(min(max(joint.y, 0), frame.height - 1),
-                                min(max(joint.x, 0), frame.width - 1), sh.joints, drawn, frame,
-                                paper);
-    }
-    const float best_nearest = block_extreme<true>(nearest_value, sh.scratch);
-    if (!paper) return best_nearest;
-    // Pixels above best_nearest lie within rho of a centre: exp2(s rho^2) = best_nearest.
-    const float rho2 = fmaxf(log2f(best_nearest) / frame.exp2_scale, 0.f);
-    const int half = min(frame.radius, static_cast<int>(ceilf(sqrtf(rho2))) + 1);
-    float scanned = 0.f;
-    for (uint64_t mask = drawn; mask; mask &= mask - 1) {
-        const KppJoint joint = sh.joints[__ffsll(static_cast<long long>(mask)) - 1];
-        const int y0 = max(joint.y - half, 0);
-        const int y1 = min(joint.y + half, frame.height - 1);
-        const int x0 = max(joint.x - half, 0);
-        const int x1 = min(joint.x + half, frame.width - 1);
-        if (y1 < y0 || x1 < x0) continue;
-        const int box_w = x1 - x0 + 1;
-        const int box_area = box_w * (y1 - y0 + 1);
-        for (int i = threadIdx.x; i < box_area; i += blockDim.x) {
-            const float heat = heat_at(y0 + i / box_w, x0 + i % box_w, sh.joints, drawn, frame,
-                                       paper);
-            scanned = fmaxf(scanned, heat);
-        }
-    }
-    return fmaxf(best_nearest, block_extreme<true>(scanned, sh.scratch));
-}
-
-// Steps 3 and 4: adds this frame's patch values to frame_total. Contains barriers.
-__device__ void add_patch_values(const reid_keypoint_patch_pool_desc& desc, uint64_t drawn,
-                                 float part_max, const KppFrame& frame, bool paper,
-                                 float* patch_sum, float* frame_total, int* active,
-                                 KppShared& sh) {
-    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
-    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
-        if (patch_joints(k, desc, sh.joints, drawn, frame)) {
-            active[atomicAdd(&sh.num_active, 1)] = k;  // list order does not affect results
-        } else {
-            patch_sum[k] = 0.f;
-        }
-    }
-    __syncthreads();
-    const int grid_w = desc.out_w / desc.patch;
-    const int patch_area = desc.patch * desc.patch;
-    const int lane = threadIdx.x % kWarpSize;
-    float low = FLT_MAX, high = 0.f;
-    for (int a = threadIdx.x / kWarpSize; a < sh.num_active; a += kWarps) {
-        const int k = active[a];
-        const uint64_t relevant = patch_joints(k, desc, sh.joints, drawn, frame);
-        const int row = (k / grid_w) * desc.patch;
-        const int col = (k % grid_w) * desc.patch;
-        float sum = 0.f;
-        for (int i = lane; i < patch_area; i += kWarpSize) {
-            const float v = resized_at(row + i / desc.patch, col + i % desc.patch, desc.out_h,
-                                       desc.out_w, sh.joints, relevant, frame, paper);
-            sum += v;
-            low = fminf(low, v);
-            high = fmaxf(high, v);
-        }
-        sum = warp_sum(sum);
-        if (lane == 0) patch_sum[k] = sum;
-    }
-    low = block_extreme<false>(low, sh.scratch);
-    high = block_extreme<true>(high, sh.scratch);
-    if (sh.num_active < num_patches) low = fminf(low, 0.f);  // untouched patches are all 0
-    // min-max, (x - 0.5) / 0.5 and the patch mean are affine: fold them into one scale.
-    const float scale = 2.f / (high - low + kMinMaxEps * part_max);
-    const float inv_area = 1.f / static_cast<float>(patch_area);
-    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
-        frame_total[k] += (patch_sum[k] * inv_area - low) * scale - 1.f;
-    }
-}
-
-__device__ __forceinline__ void add_constant(float* frame_total, int num_patches, float value) {
-    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] += value;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kKppBlockThreads)
-keypoint_patch_pool_baseline_kernel(const reid_keypoint_patch_pool_desc desc,
-                                    const T* __restrict__ keypoints,
-                                    const int32_t* __restrict__ crop_hw,
-                                    const uint8_t* __restrict__ frame_valid, T* __restrict__ out) {
-    const int num_patches = (desc.out_h / desc.patch) * (desc.out_w / desc.patch);
-    float* patch_sum = kpp_dynamic_shared();    // [K] this frame's sums of resized values
-    float* frame_total = patch_sum + num_patches;  // [K] sum over frames of the patch values
-    int* active = reinterpret_cast<int*>(patch_sum + 2 * num_patches);  // [K] patches to evaluate
-    __shared__ KppShared sh;
-
-    const int part = static_cast<int>(blockIdx.x % desc.num_parts);
-    const int64_t clip = blockIdx.x / desc.num_parts;
-    const int first_slot = desc.part_offsets[part];
-    const int num_slots = desc.part_offsets[part + 1] - first_slot;
-    const bool paper = desc.mode == REID_KPP_MODE_PAPER;
-
-    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) frame_total[k] = 0.f;
-    bool poisoned = false;
-    for (int64_t t = 0; t < desc.frames; ++t) {
-        if (threadIdx.x == 0) {
-            sh.frame = read_frame(desc, crop_hw, frame_valid, clip, t);
-            sh.num_active = 0;
-        }
-        __syncthreads();
-        const KppFrame frame = sh.frame;  // block-uniform: every branch below is uniform
-        if (frame.state == kFramePoisoned) {
-            poisoned = true;
-        } else if (frame.state == kFrameConstant) {
-            add_constant(frame_total, num_patches, -1.f);
-        } else if (frame.state == kFrameDrawn) {
-            const uint64_t drawn =
-                load_joints(desc, keypoints, clip, t, first_slot, num_slots, frame, sh);
-            if (drawn == 0) {  // the official all-zero map: -1 everywhere
-                add_constant(frame_total, num_patches, -1.f);
-            } else {
-                const float part_max = part_maximum(drawn, num_slots, frame, paper, sh);
-                add_patch_values(desc, drawn, part_max, frame, paper, patch_sum, frame_total,
-                                 active, sh);
-            }
-        }
-        __syncthreads();  // sh is rewritten for the next frame
-    }
-
-    const float inv_frames = 1.f / static_cast<float>(desc.frames);
-    T* out_row = out + clip * desc.out_strides[0] + part * desc.out_strides[1];
-    for (int k = threadIdx.x; k < num_patches; k += blockDim.x) {
-        const float value = poisoned ? __int_as_float(0x7fc00000) : frame_total[k] * inv_frames;
-        out_row[k * desc.out_strides[2]] = from_float<T>(value);
-    }
-}
-
-// -------------------------------------------------------------------------------------------
 // Host side
 // -------------------------------------------------------------------------------------------
 
-// Frames per round and dynamic shared memory of the pooled kernel for `d` (a checked desc).
-struct KppPooledPlan {
+// Frames per round and dynamic shared memory of the kernel for `d` (a checked desc).
+struct KppRoundPlan {
     int group_frames;
     size_t shared_bytes;
 };
 
-KppPooledPlan pooled_plan(const reid_keypoint_patch_pool_desc& d) {
+KppRoundPlan round_plan(const reid_keypoint_patch_pool_desc& d) {
     const int num_patches = (d.out_h / d.patch) * (d.out_w / d.patch);
     int largest_part = 1;
     for (int p = 0; p < d.num_parts; ++p) {
@@ -843,7 +625,7 @@ KppPooledPlan pooled_plan(const reid_keypoint_patch_pool_desc& d) {
     const int64_t by_shared = (kKppSharedBudgetBytes / (4 * num_patches) - 1) / 2;  // >= 2
     const int64_t frames = std::min<int64_t>(
         {d.frames, kKppMaxGroupFrames, kKppMaxRoundSlots / largest_part, by_shared});
-    KppPooledPlan plan;
+    KppRoundPlan plan;
     plan.group_frames = static_cast<int>(std::max<int64_t>(frames, 1));
     plan.shared_bytes = (1 + 2 * static_cast<size_t>(plan.group_frames)) * num_patches * 4;
     return plan;
@@ -880,14 +662,6 @@ int check_desc(const reid_keypoint_patch_pool_desc& d) {
     return 0;
 }
 
-KppVariant variant_from_environment() {
-    const char* name = std::getenv("REID_KPP_VARIANT");
-    if (name == nullptr) return KppVariant::kPooledLanes;
-    if (std::strcmp(name, "pooled") == 0) return KppVariant::kPooled;
-    if (std::strcmp(name, "baseline") == 0) return KppVariant::kBaseline;
-    return KppVariant::kPooledLanes;
-}
-
 }  // namespace
 
 template <typename T>
@@ -902,18 +676,10 @@ int launch_keypoint_patch_pool(const reid_keypoint_patch_pool_desc* desc, const 
         return REID_ERROR_INVALID_ARGUMENT;
     }
     const unsigned blocks = static_cast<unsigned>(desc->batch * desc->num_parts);
-    const KppVariant variant = variant_from_environment();
-    if (variant == KppVariant::kBaseline) {
-        const int num_patches = (desc->out_h / desc->patch) * (desc->out_w / desc->patch);
-        const size_t shared_bytes = 3 * static_cast<size_t>(num_patches) * sizeof(float);
-        keypoint_patch_pool_baseline_kernel<T><<<blocks, kKppBlockThreads, shared_bytes, stream>>>(
-            *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out));
-    } else {
-        const KppPooledPlan plan = pooled_plan(*desc);
-        keypoint_patch_pool_kernel<T><<<blocks, kKppBlockThreads, plan.shared_bytes, stream>>>(
-            *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out),
-            plan.group_frames, variant == KppVariant::kPooledLanes);
-    }
+    const KppRoundPlan plan = round_plan(*desc);
+    keypoint_patch_pool_kernel<T><<<blocks, kKppBlockThreads, plan.shared_bytes, stream>>>(
+        *desc, static_cast<const T*>(keypoints), crop_hw, frame_valid, static_cast<T*>(out),
+        plan.group_frames);
     REID_RETURN_IF_LAUNCH_FAILED();
     return 0;
 }

@@ -27,16 +27,6 @@ constexpr int kKppMaxSide = 32768;
 // least two frames per round fit kKppSharedBudgetBytes).
 constexpr int kKppMaxPatches = 2048;
 
-// Implementations the launcher can run, chosen by the environment variable REID_KPP_VARIANT
-// (read at every launch; unset or unknown: the default). An internal knob for benchmarking:
-// results agree to rounding (each is deterministic), the C ABI does not change.
-//   pooled_lanes (default): frames of a round processed at once, one-window patches separable,
-//                           other patches with <= 8 windows and patch <= 32 one output column
-//                           per lane with the windows' 1-D factors in registers;
-//   pooled:                 the same, every multi-window patch evaluated per output pixel;
-//   baseline:               version 1's kernel, one frame at a time (kept for comparison).
-enum class KppVariant { kPooledLanes, kPooled, kBaseline };
-
 // Enqueues weights[B, P, K] = KeypointPatchPool(keypoints, crop_hw, frame_valid) for storage type
 // T (float, __half, __nv_bfloat16) on `stream`. Validates `desc` (returns REID_ERROR_* codes),
 // launches nothing for B = 0, never allocates or synchronises. Returns 0 or a cudaError_t value.

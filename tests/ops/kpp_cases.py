@@ -75,6 +75,19 @@ def random_clip_batch(rng, batch, frames, joints=17, kind="mixed", invalid_fract
     return keypoints, crop_hw, frame_valid
 
 
+def cluster_first_frame(keypoints, crop_hw, frame_valid, rng):
+    """Makes frame (0, 0) a valid 200 x 120 crop with every joint drawn within 3 px of its
+    centre (windows of radius 10, all overlapping), so any parts / out_hw / patch have a patch
+    that all of a part's windows reach. Modifies the arrays in place; returns them."""
+    joints = keypoints.shape[2]
+    crop_hw[0, 0] = (200, 120)
+    frame_valid[0, 0] = True
+    keypoints[0, 0, :, 0] = 60 + rng.uniform(-3, 3, joints)
+    keypoints[0, 0, :, 1] = 100 + rng.uniform(-3, 3, joints)
+    keypoints[0, 0, :, 2] = rng.uniform(0.5, 1.0, joints)
+    return keypoints, crop_hw, frame_valid
+
+
 def eps_sensitive_clip(mode: str):
     """One frame where the resized map barely touches the windows (a single output row reads
     the window's top row with weight 1/512), so the min-max eps term carries the crop-resolution
@@ -103,7 +116,7 @@ def eps_sensitive_clip(mode: str):
 def fully_covered_clip(rng, frames=3):
     """Crops of 5 x 22 pixels (radius 2) whose every pixel the seven windows of part 0 cover,
     overlapping, so the resized map's minimum is > 0 and lies at the crop's left corners, in a
-    patch only the leftmost window reaches (the kernels take such a patch's minimum from
+    patch only the leftmost window reaches (the kernel takes such a patch's minimum from
     separable profiles). Returns (keypoints, crop_hw, frame_valid, attributes)."""
     keypoints = np.zeros((1, frames, 17, 3))
     keypoints[..., 2] = rng.uniform(0.5, 1.0, (1, frames, 17))

@@ -2,8 +2,7 @@
 
 The float64 reference on the CPU, fed the very values the kernel reads (inputs rounded to the
 kernel's dtype first), is the truth. fp32: 1e-5. fp16/bf16: no worse than twice the error the
-torch reference makes when it computes in that dtype on the GPU. Tests taking the `variant`
-fixture run once per kernel variant (REID_KPP_VARIANT, keypoint_patch_pool_kernel.h).
+torch reference makes when it computes in that dtype on the GPU.
 """
 import importlib
 import sys
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.gpu
 CUDA = "cuda"
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32,) + HALF_DTYPES
-VARIANTS = ("pooled_lanes", "pooled", "baseline")
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request, monkeypatch):
-    """Runs the test with the kernel variant the launcher reads from REID_KPP_VARIANT."""
-    monkeypatch.setenv("REID_KPP_VARIANT", request.param)
-    return request.param
 
 
 def _native():
@@ -62,7 +53,7 @@ def _max_error(got, truth):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fp32_matches_reference(mode, variant, rng):
+def test_fp32_matches_reference(mode, rng):
     for _ in range(3):
         inputs = _cuda_batch(rng, 6, 4)
         got = _kernel(*inputs, mode=mode)
@@ -72,7 +63,7 @@ def test_fp32_matches_reference(mode, variant, rng):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
-def test_half_types_no_worse_than_twice_torch_in_that_dtype(dtype, mode, variant, rng):
+def test_half_types_no_worse_than_twice_torch_in_that_dtype(dtype, mode, rng):
     inputs = _cuda_batch(rng, 8, 4, dtype)
     truth = _truth(*inputs, mode=mode)
     got = _kernel(*inputs, mode=mode)
@@ -84,7 +75,7 @@ def test_half_types_no_worse_than_twice_torch_in_that_dtype(dtype, mode, variant
 
 
 @pytest.mark.parametrize("mode", ("paper", "max"))
-def test_part_maximum_is_exact(mode, variant):
+def test_part_maximum_is_exact(mode):
     """The eps-sensitive clip: a part maximum taken at the joint centres instead of between
     them (paper) or at the clipped edge (max) shifts these weights by ~1e-4."""
     keypoints, crop_hw, valid, attributes = cases.eps_sensitive_clip(mode)
@@ -97,20 +88,23 @@ def test_part_maximum_is_exact(mode, variant):
     ((7, 3), 1, ((0,), (1, 2, 3, 4, 5, 6, 7, 8)), 17),
     ((64, 32), 32, KEYREID_PARTS, 17),
     ((48, 16), 1, tuple((j,) for j in range(16)), 32),  # 16 parts, K = 768
-    ((8, 8), 8, (tuple(range(32)) * 2,), 32),  # one part of 64 slots
-    ((128, 64), 64, ((0, 1, 2, 3, 4), (5, 6)), 17),  # patch > 32
+    ((8, 8), 8, (tuple(range(32)) * 2,), 32),  # 64 slots: > 8 windows, per-pixel patches
+    ((128, 64), 64, ((0, 1, 2, 3, 4), (5, 6)), 17),  # patch > 32: per-pixel patches
     ((256, 128), 4, ((0, 1, 2, 3, 4), (9, 10)), 17),  # K = 2048: frames in rounds of 2
 ])
 @pytest.mark.parametrize("mode", ("paper", "max"))
-def test_odd_geometry_and_parts(out_hw, patch, parts, joints, mode, variant, rng):
-    inputs = _cuda_batch(rng, 3, 3, joints=joints)
+def test_odd_geometry_and_parts(out_hw, patch, parts, joints, mode, rng):
+    """Frame (0, 0) clusters every joint, so each geometry has patches all of a part's windows
+    reach (lane-column path, or per pixel beyond 8 windows or patch 32)."""
+    clips = cases.random_clip_batch(rng, 3, 3, joints=joints)
+    inputs = cases.as_tensors(*cases.cluster_first_frame(*clips, rng), torch.float32, CUDA)
     attributes = dict(out_hw=out_hw, patch=patch, parts=parts, mode=mode, vis_thresh=0.25)
     got = _kernel(*inputs, **attributes)
     assert _max_error(got, _truth(*inputs, **attributes)) <= 1e-5
 
 
 @pytest.mark.parametrize("mode", ("paper", "max"))
-def test_crops_from_one_pixel_to_a_thousand(mode, variant, rng):
+def test_crops_from_one_pixel_to_a_thousand(mode, rng):
     sizes = [(1, 1), (1, 7), (9, 1), (2, 3), (11, 11), (33, 12), (256, 128), (1000, 500),
              (1000, 90), (40, 1000), (999, 999), (700, 21)]
     crop_hw = np.array(sizes, np.int32).reshape(3, 4, 2)
@@ -120,7 +114,7 @@ def test_crops_from_one_pixel_to_a_thousand(mode, variant, rng):
 
 
 @pytest.mark.parametrize("mode", ("paper", "max"))
-def test_detector_like_clips_and_map_minimum_above_zero(mode, variant, rng):
+def test_detector_like_clips_and_map_minimum_above_zero(mode, rng):
     """The benchmark's inputs (clustered head joints: multi-window patches, paper boxes worth
     scanning), and crops that windows cover completely (map minimum > 0)."""
     bench = importlib.import_module("bench_keypoint_patch_pool")
@@ -132,21 +126,11 @@ def test_detector_like_clips_and_map_minimum_above_zero(mode, variant, rng):
     assert _max_error(got, _truth(*inputs, mode=mode, **attributes)) <= 1e-5
 
 
-def test_long_clips_take_several_rounds(variant, rng):
-    """T = 40 frames: the pooled kernels take 16 frames per round here."""
+def test_long_clips_take_several_rounds(rng):
+    """T = 40 frames: the kernel takes 16 frames per round here."""
     inputs = _cuda_batch(rng, 3, 40)
     for mode in ("paper", "max"):
         assert _max_error(_kernel(*inputs, mode=mode), _truth(*inputs, mode=mode)) <= 1e-5
-
-
-def test_variants_agree(rng, monkeypatch):
-    inputs = _cuda_batch(rng, 16, 4)
-    results = {}
-    for name in VARIANTS:
-        monkeypatch.setenv("REID_KPP_VARIANT", name)
-        results[name] = _kernel(*inputs, mode="paper").double()
-    for name in VARIANTS[1:]:
-        assert float((results[name] - results[VARIANTS[0]]).abs().max()) <= 2e-6
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -187,14 +171,14 @@ def test_every_output_is_written_and_bad_crops_poison_their_clip(rng):
     assert torch.isfinite(_kernel(keypoints, crop_hw, valid)).all()
 
 
-def test_deterministic(variant, rng):
+def test_deterministic(rng):
     inputs = _cuda_batch(rng, 16, 4)
     first = _kernel(*inputs)
     for _ in range(3):
         assert torch.equal(_kernel(*inputs), first)
 
 
-def test_cuda_graph_capture_and_replay(variant, rng):
+def test_cuda_graph_capture_and_replay(rng):
     static = _cuda_batch(rng, 8, 4)
     _kernel(*static)  # warm up outside the capture
     torch.cuda.synchronize()
