@@ -1,6 +1,6 @@
-"""MoECombine on the GPU at HAMoBE's shape: achieved bandwidth of every kernel variant as a
-fraction of the device's measured copy bandwidth, and the speedup over the official HAMoBE
-formulation and over a plain torch.einsum.
+"""MoECombine on the GPU at HAMoBE's shape: achieved bandwidth of our kernel as a fraction of the
+device's measured copy bandwidth, and the speedup over the official HAMoBE formulation and over a
+plain torch.einsum.
 
     python benchmarks/bench_moe_combine.py                 # leading 256 x 257, C=512, E=8, J=3
     python benchmarks/bench_moe_combine.py --reps 50 --dtypes float16
@@ -18,10 +18,8 @@ op's Python dispatch and checks, about tens of microseconds) stays out of the de
 as it is shorter than one call; consecutive calls rotate through `--sets` input sets, each far
 larger than L2, so no call reads what the previous one left in cache.
 
-The vectorised path exists in several kernel variants while they are compared
-(kernels/moe_combine/README.md, "Algorithm"); every variant is timed on the same inputs, selected
-through the library's internal knob, and the default is marked. "tiled" is the previous kernel
-(the baseline). Target: the chosen variant >= 0.85 of the copy bandwidth in fp16, bf16 and fp32.
+Target: our kernel (its vectorised path, which HAMoBE's dense layout takes) >= 0.85 of the copy
+bandwidth in fp16, bf16 and fp32.
 
 Baselines (both include the softmax, as the op does):
   * official HAMoBE: models/vid_resnet.py FirstMoE.forward of GeoGebra2/hamobe softmaxes the
@@ -43,6 +41,7 @@ HAMOBE_CHANNELS, HAMOBE_EXPERTS, HAMOBE_OUTPUTS = 512, 8, 3
 COPY_BYTES = 1 << 30
 TARGET_FRACTION = 0.85
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+KERNEL_ROW = "reid kernel"
 GENERIC_ROW = "reid generic path (E-major experts)"
 
 
@@ -59,11 +58,6 @@ def plain_einsum_combine(experts: torch.Tensor, gate_logits: torch.Tensor) -> to
 
 def reid_kernel_combine(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
     return torch.ops.reid.moe_combine(experts, gate_logits, True)
-
-
-def variant_row(name: str, default: str) -> str:
-    notes = {"tiled": " (baseline)", default: " (default)"}
-    return f"reid {name}{notes.get(name, '')}"
 
 
 def _median_ms(fn, input_sets, reps: int, warmup: int, batch: int) -> float:
@@ -109,7 +103,7 @@ def _timed_row(name, fn, input_sets, reps, *, warmup, batch, nbytes, copy_gbps, 
                dtype) -> dict:
     ms = _median_ms(fn, input_sets, reps, warmup, batch)
     gbps = nbytes / (ms * 1e-3) / 1e9
-    return {"dtype": dtype, "variant": name, "median_ms": ms, "bytes": nbytes, "gbps": gbps,
+    return {"dtype": dtype, "name": name, "median_ms": ms, "bytes": nbytes, "gbps": gbps,
             "fraction_of_copy": gbps / copy_gbps,
             "max_abs_diff": _max_difference(fn(*input_sets[0]), reference)}
 
@@ -117,23 +111,21 @@ def _timed_row(name, fn, input_sets, reps, *, warmup, batch, nbytes, copy_gbps, 
 def run(dtypes=("float16", "bfloat16", "float32"), reps: int = 30, warmup: int = 5,
         batch: int = 10, sets: int = 3, lead=HAMOBE_LEAD, channels: int = HAMOBE_CHANNELS,
         num_experts: int = HAMOBE_EXPERTS, num_outputs: int = HAMOBE_OUTPUTS) -> list[dict]:
-    """One row per (dtype, variant or baseline) plus the copy-bandwidth row.
+    """The copy-bandwidth row, then per dtype our kernel, our generic path, the official
+    HAMoBE formulation and torch.einsum.
 
-    Each row: dtype, variant, median_ms, bytes (experts + gate + out), gbps, fraction_of_copy,
-    max_abs_diff (against torch.einsum); our vectorised rows also speedup_vs_official,
-    speedup_vs_einsum, kernel_variant (its name) and default (whether launches use it unless
-    told otherwise).
+    Each row: dtype, name, median_ms, bytes (experts + gate + out), gbps, fraction_of_copy,
+    max_abs_diff (against torch.einsum); the kernel row also speedup_vs_official and
+    speedup_vs_einsum.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("bench_moe_combine needs a CUDA GPU (torch.cuda.is_available() is "
                            "False); run it on the GPU machine")
     import reid_export.ops.moe_combine  # noqa: F401  (registers torch.ops.reid.moe_combine)
-    from reid_sdk import _native  # fail here, clearly, if the kernels are missing
+    from reid_sdk import _native  # noqa: F401  (fail here, clearly, if the kernels are missing)
 
-    default = _native._moe_combine_variant()
-    variants = _native._moe_combine_variants()
     copy_gbps = copy_bandwidth_gbps()
-    rows = [{"dtype": "uint8", "variant": "device copy (read + write)", "median_ms":
+    rows = [{"dtype": "uint8", "name": "device copy (read + write)", "median_ms":
              2 * COPY_BYTES / (copy_gbps * 1e9) * 1e3, "bytes": 2 * COPY_BYTES, "gbps": copy_gbps,
              "fraction_of_copy": 1.0}]
     tokens = 1
@@ -148,37 +140,27 @@ def run(dtypes=("float16", "bfloat16", "float32"), reps: int = 30, warmup: int =
         reference = plain_einsum_combine(*input_sets[0])
         timing = {"warmup": warmup, "batch": batch, "nbytes": nbytes, "copy_gbps": copy_gbps,
                   "reference": reference, "dtype": dtype_name}
-        ours = []
-        try:
-            for name in variants:
-                _native._select_moe_combine_variant(name)
-                row = _timed_row(variant_row(name, default), reid_kernel_combine, input_sets,
-                                 reps, **timing)
-                row["kernel_variant"], row["default"] = name, name == default
-                ours.append(row)
-        finally:
-            _native._select_moe_combine_variant(default)
+        ours = _timed_row(KERNEL_ROW, reid_kernel_combine, input_sets, reps, **timing)
         generic_sets = [(x.transpose(-1, -2).contiguous().transpose(-1, -2), g)
                         for x, g in input_sets[:2]]
-        others = {row["variant"]: row for row in (
+        others = {row["name"]: row for row in (
             _timed_row(GENERIC_ROW, reid_kernel_combine, generic_sets, max(5, reps // 3),
                        **timing),
             _timed_row("official HAMoBE einsum", official_hamobe_combine, input_sets,
                        max(5, reps // 5), **timing),
             _timed_row("torch.einsum", plain_einsum_combine, input_sets, max(5, reps // 5),
                        **timing))}
-        for row in ours:
-            row["speedup_vs_official"] = (others["official HAMoBE einsum"]["median_ms"]
-                                          / row["median_ms"])
-            row["speedup_vs_einsum"] = others["torch.einsum"]["median_ms"] / row["median_ms"]
-        rows += ours + list(others.values())
+        ours["speedup_vs_official"] = (others["official HAMoBE einsum"]["median_ms"]
+                                       / ours["median_ms"])
+        ours["speedup_vs_einsum"] = others["torch.einsum"]["median_ms"] / ours["median_ms"]
+        rows += [ours, *others.values()]
         del input_sets, generic_sets, reference, timing
         torch.cuda.empty_cache()
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'dtype':<9}{'variant':<38}{'ms':>9}{'GB/s':>9}{'of copy':>9}"
+    header = (f"{'dtype':<9}{'implementation':<38}{'ms':>9}{'GB/s':>9}{'of copy':>9}"
               f"{'x official':>12}{'x einsum':>10}{'max|diff|':>11}")
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -186,23 +168,19 @@ def format_table(rows: list[dict]) -> str:
                            for key, width in (("speedup_vs_official", 12),
                                               ("speedup_vs_einsum", 10)))
         diff = f"{row['max_abs_diff']:>11.2e}" if "max_abs_diff" in row else ""
-        lines.append(f"{row['dtype']:<9}{row['variant']:<38}{row['median_ms']:>9.3f}"
+        lines.append(f"{row['dtype']:<9}{row['name']:<38}{row['median_ms']:>9.3f}"
                      f"{row['gbps']:>9.0f}{row['fraction_of_copy']:>9.3f}{speedups}{diff}")
     return "\n".join(lines)
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """Per dtype: the fastest variant, and the default's standing against the target."""
+    """Per dtype: our kernel's standing against the target."""
     lines = []
-    for dtype in dict.fromkeys(r["dtype"] for r in rows if "default" in r):
-        ours = [r for r in rows if r["dtype"] == dtype and "default" in r]
-        best = max(ours, key=lambda r: r["fraction_of_copy"])
-        default = next(r for r in ours if r["default"])
-        verdict = "meets" if default["fraction_of_copy"] >= TARGET_FRACTION else "BELOW"
-        lines.append(f"{dtype}: fastest variant {best['kernel_variant']} at "
-                     f"{best['fraction_of_copy']:.3f} of copy; default {default['kernel_variant']} "
-                     f"at {default['fraction_of_copy']:.3f} ({verdict} the {TARGET_FRACTION} "
-                     "target)")
+    for row in rows:
+        if row["name"] == KERNEL_ROW:
+            verdict = "meets" if row["fraction_of_copy"] >= TARGET_FRACTION else "BELOW"
+            lines.append(f"{row['dtype']}: reid kernel at {row['fraction_of_copy']:.3f} of copy "
+                         f"({verdict} the {TARGET_FRACTION} target)")
     return lines
 
 

@@ -5,29 +5,17 @@
 //
 // Two paths; README.md has the full description.
 //  * Vectorised (rows dense, C a multiple of CH = 16 / sizeof(T), 16-byte aligned tokens, E <= 8,
-//    J <= 4). Experts and outputs move as 16-byte vectors, coalesced across each warp. This path
-//    exists in several designs ("variants") while they are measured against each other on the
-//    GPU; the launcher runs the selected one (an internal knob, see moe_combine_kernel.h). Each
-//    variant is one section below and one entry of MoeVariant, so dropping one is a local edit:
-//      - rows, rows_prefetch: persistent grid; a warp takes a unit of 32 x V consecutive vectors
-//        of one token straight into registers (lane-consecutive 16-byte streaming loads), each
-//        lane combines whole rows of its vectors (power-of-two E: a vector holds CH / E rows, or
-//        half a row for fp32 E = 8, reduced over a lane pair), the results leave through a
-//        per-warp shared buffer as lane-consecutive 16-byte stores. Gate softmax per unit by
-//        shuffles within the warp, no block barrier. rows_prefetch issues the next unit's loads
-//        before combining the current one.
-//      - staged: persistent grid; a warp keeps kStages groups of 32 chunks (CH channels x E
-//        experts, any E <= 8) in flight with cp.async into a per-warp shared ring, each lane
-//        combines one chunk, results leave through the ring slot. Softmax by shuffles.
-//      - tiled: the first design (the baseline): one block per tile of a few tokens, gate weights
-//        staged in shared memory behind a block barrier, one cp.async group per warp in flight.
-//  * Generic (any strides, any C, any E <= 16 and J <= 8): a thread per channel row, read and
-//    written with its strides, its experts loaded in blocks of 8 before their first use.
+//    J <= 4). Persistent grid; a warp keeps a ring of kStages groups of 32 chunks (CH channels x
+//    E experts) in shared memory, kStages - 1 of them in flight with cp.async, each lane combines
+//    one chunk, and the results leave through the ring slot as lane-consecutive 16-byte streaming
+//    stores. Gate softmax per group by shuffles within the warp, no block barrier.
+//  * Generic (any strides, any C, any E <= 16 and J <= 8): one block per tile of tokens whose gate
+//    weights are staged in shared memory behind a block barrier; a thread per channel row, read
+//    and written with its strides, its experts loaded in blocks of 8 before their first use.
 #include "moe_combine_kernel.h"
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -96,17 +84,8 @@ struct Lanes<__nv_bfloat16> {
     }
 };
 
-__device__ __forceinline__ void store_vector(void* dst, const Vec& v) {
-    *static_cast<uint4*>(dst) = make_uint4(v.word[0], v.word[1], v.word[2], v.word[3]);
-}
-
-// Every experts and out byte is touched once: evict-first (.cs) loads and stores keep them from
-// displacing anything in L1 / L2.
-__device__ __forceinline__ Vec load_streaming(const void* src) {
-    const uint4 v = __ldcs(static_cast<const uint4*>(src));
-    return {{v.x, v.y, v.z, v.w}};
-}
-
+// Every out byte is written once: evict-first (.cs) stores keep it from displacing anything in
+// L1 / L2 (the experts travel by cp.async, which bypasses L1).
 __device__ __forceinline__ void store_streaming(void* dst, const Vec& v) {
     __stcs(static_cast<uint4*>(dst), make_uint4(v.word[0], v.word[1], v.word[2], v.word[3]));
 }
@@ -128,11 +107,10 @@ struct MoeParams {
     int64_t out_stride_c, out_stride_j;
     int32_t num_experts, num_outputs;
     int32_t apply_softmax;
-    int32_t tokens_per_block;  // tiled and generic kernels
-    // Items of a token: channels (generic), chunks of CH channels (tiled, staged) or 16-byte
-    // experts vectors (rows).
+    int32_t tokens_per_block;  // generic path
+    // Items of a token: channels (generic path) or chunks of CH channels (vectorised path).
     int32_t items_per_token;
-    int32_t units_per_token;  // persistent kernels: work units (of up to a fixed item count) per token
+    int32_t units_per_token;  // vectorised path: groups of up to 32 chunks per token
 };
 
 struct TokenOffsets {
@@ -164,7 +142,11 @@ __device__ __forceinline__ float4* dynamic_shared() {
     return shared_f4;
 }
 
-// A warp's share of the work units of a persistent grid: unit u = token * units_per_token + unit
+// =================================================================================================
+// Vectorised path: persistent grid, a ring of kStages cp.async groups per warp
+// =================================================================================================
+
+// A warp's share of the work units of the persistent grid: unit u = token * units_per_token + unit
 // for u = warp, warp + warps, ... (warps: all warps of the grid), stepped without a division.
 struct UnitWalk {
     int64_t token;
@@ -192,10 +174,10 @@ __device__ __forceinline__ UnitWalk start_walk(const MoeParams& p) {
             static_cast<int32_t>(warps % units)};
 }
 
-// Warp-level mixture weights of the persistent kernels: lane j * 8 + m holds weight (m, j) of the
-// warp's current token (E <= 8 and J <= 4 fit the 32 lanes); the softmax over m runs within each
-// group of 8 lanes with xor shuffles and the other lanes fetch weights with __shfl_sync. Loading
-// the logit and turning it into a weight are separate so the load can be issued early.
+// Warp-level mixture weights: lane j * 8 + m holds weight (m, j) of the group's token (E <= 8 and
+// J <= 4 fit the 32 lanes); the softmax over m runs within each group of 8 lanes with xor
+// shuffles and the other lanes fetch weights with __shfl_sync. Loading the logit and turning it
+// into a weight are separate so the load is issued with the group's copy, kStages - 1 groups ahead.
 constexpr int kGateLanesPerColumn = 8;
 
 template <typename T, int kE, int kJ>
@@ -229,17 +211,13 @@ __device__ __forceinline__ float fetch_weight(float lane_w, int expert, int j) {
     return __shfl_sync(kFullWarp, lane_w, j * kGateLanesPerColumn + expert);
 }
 
-// =================================================================================================
-// Chunks: CH channels x E experts (E input vectors) -> CH channels x J outputs (J output vectors).
-// Shared by the tiled and staged variants.
-// =================================================================================================
-
-// Lane f of the flattened input is channel f / E, expert f % E; of the output, channel f / J,
-// output f % J. Experts are the outer loop so only one expert's J weights are live next to the
-// chunk and the CH x J accumulators. `weights(m, j)` gives weight (m, j).
-template <typename T, int kE, int kJ, typename Weights>
-__device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE], const Weights& weights,
-                                              Vec (&result)[kJ]) {
+// One chunk: CH channels x E experts (E input vectors) -> CH channels x J outputs (J output
+// vectors). Lane f of the flattened input is channel f / E, expert f % E; of the output, channel
+// f / J, output f % J. Experts are the outer loop so only one expert's J weights are live next to
+// the chunk and the CH x J accumulators.
+template <typename T, int kE, int kJ>
+__device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE],
+                                              const float (&weights)[kE][kJ], Vec (&result)[kJ]) {
     constexpr int kCh = Lanes<T>::kCount;
     float acc[kCh][kJ];
 #pragma unroll
@@ -251,7 +229,7 @@ __device__ __forceinline__ void combine_chunk(const Vec (&chunk)[kE], const Weig
     for (int m = 0; m < kE; ++m) {
         float w[kJ];
 #pragma unroll
-        for (int j = 0; j < kJ; ++j) w[j] = weights(m, j);
+        for (int j = 0; j < kJ; ++j) w[j] = weights[m][j];
 #pragma unroll
         for (int c = 0; c < kCh; ++c) {
             const int lane = c * kE + m;
@@ -282,28 +260,26 @@ __host__ __device__ constexpr int staging_slots(int num_experts, int num_outputs
     return 36 * (num_experts > num_outputs ? num_experts : num_outputs);
 }
 
-// A warp's group: up to 32 consecutive chunks of one token.
+// A warp's group (its work unit): up to 32 consecutive chunks of one token.
 template <typename T>
 struct ChunkGroup {
-    int tok;      // token within the tile (tiled variant)
-    int chunks;   // chunks in the group, 1..32
+    int chunks;  // chunks in the group, 1..32
     const T* experts;
     T* out;
 };
 
 template <typename T, int kE, int kJ>
 __device__ __forceinline__ ChunkGroup<T> make_group(const MoeParams& p, const T* experts, T* out,
-                                                    const TokenOffsets& off, int tok,
-                                                    int first_chunk) {
+                                                    const TokenOffsets& off, int first_chunk) {
     constexpr int64_t kCh = Lanes<T>::kCount;
-    return {tok, min(kWarpSize, p.items_per_token - first_chunk),
+    return {min(kWarpSize, p.items_per_token - first_chunk),
             experts + off.experts + first_chunk * (kCh * kE),
             out + off.out + first_chunk * (kCh * kJ)};
 }
 
 // Starts the lane-consecutive copy of a group's E * chunks experts vectors (vector v * 32 + lane
 // per lane) into a staging buffer, asynchronously (cp.async, L2 only): no registers hold them,
-// and the caller may work while they travel. The caller commits.
+// and the warp works on older groups while they travel. The caller commits.
 template <typename T, int kE>
 __device__ __forceinline__ void copy_group_async(const ChunkGroup<T>& group, int lane,
                                                  Vec* staging) {
@@ -319,11 +295,10 @@ __device__ __forceinline__ void copy_group_async(const ChunkGroup<T>& group, int
 
 // The rest of a group once its copy has landed (the caller waited): each lane takes its chunk
 // from the staging buffer, combines it, and the results go out lane-consecutively through the
-// same buffer. All lanes of the warp call this together. kStreamingStores: evict-first stores
-// (staged); the tiled baseline keeps the plain stores it was measured with.
-template <typename T, int kE, int kJ, bool kStreamingStores, typename Weights>
+// same buffer. All lanes of the warp call this together.
+template <typename T, int kE, int kJ>
 __device__ __forceinline__ void finish_group(const ChunkGroup<T>& group, int lane,
-                                             const Weights& weights, Vec* staging) {
+                                             const float (&weights)[kE][kJ], Vec* staging) {
     constexpr int kCh = Lanes<T>::kCount;
     __syncwarp();
     Vec chunk[kE];
@@ -343,38 +318,88 @@ __device__ __forceinline__ void finish_group(const ChunkGroup<T>& group, int lan
     for (int v = 0; v < kJ; ++v) {
         const int s = v * kWarpSize + lane;
         if (s < group.chunks * kJ) {
-            if constexpr (kStreamingStores) {
-                store_streaming(group.out + s * kCh, staging[staging_slot<kJ>(s)]);
-            } else {
-                store_vector(group.out + s * kCh, staging[staging_slot<kJ>(s)]);
-            }
+            store_streaming(group.out + s * kCh, staging[staging_slot<kJ>(s)]);
         }
     }
-    __syncwarp();  // the next group refills the buffer
+    __syncwarp();  // a later group refills the buffer
+}
+
+constexpr int kVectorisedBlockThreads = 64;
+constexpr int kVectorisedMinBlocks = 8;  // register cap 128 (never reached); shared memory decides
+constexpr int kStages = 4;
+
+__host__ __device__ constexpr size_t vectorised_shared_bytes(int num_experts, int num_outputs) {
+    return static_cast<size_t>(kVectorisedBlockThreads / kWarpSize) * kStages *
+           staging_slots(num_experts, num_outputs) * kVectorBytes;
+}
+
+// Group k + kStages - 1 is copied while group k is combined; the copies hold no registers, so
+// kStages - 1 groups (E * 512 bytes each) stay in flight per warp. E and J are template
+// parameters, so the (channel, expert) position of every lane of a chunk is a compile-time
+// constant.
+template <typename T, int kE, int kJ>
+__global__ void __launch_bounds__(kVectorisedBlockThreads, kVectorisedMinBlocks)
+    vectorised_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
+                      const T* __restrict__ gate, T* __restrict__ out) {
+    constexpr int kSlots = staging_slots(kE, kJ);
+    const int lane = threadIdx.x % kWarpSize;
+    Vec* ring = reinterpret_cast<Vec*>(dynamic_shared()) +
+                (threadIdx.x / kWarpSize) * (kStages * kSlots);
+    UnitWalk issue = start_walk(p);
+    UnitWalk finish = issue;
+    // Gate logits of the groups in flight, oldest first (this lane's (m, j) element).
+    float logits[kStages];
+    const auto issue_group = [&](int stage) -> float {
+        float logit = 0.0f;
+        if (!issue.done(p)) {
+            const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(issue.token));
+            const ChunkGroup<T> group =
+                make_group<T, kE, kJ>(p, experts, out, off, issue.unit * kWarpSize);
+            copy_group_async<T, kE>(group, lane, ring + stage * kSlots);
+            logit = load_lane_logit<T, kE, kJ>(p, gate + off.gate, lane);
+            issue.advance(p);
+        }
+        __pipeline_commit();  // empty groups too: wait_prior counts every commit
+        return logit;
+    };
+#pragma unroll
+    for (int s = 0; s + 1 < kStages; ++s) logits[s] = issue_group(s);
+    for (int stage = 0; !finish.done(p); stage = (stage + 1) % kStages) {
+        logits[kStages - 1] = issue_group((stage + kStages - 1) % kStages);
+        __pipeline_wait_prior(kStages - 1);
+        const float w = lane_weight<kE, kJ>(logits[0], lane, p.apply_softmax);
+        float weights[kE][kJ];
+#pragma unroll
+        for (int m = 0; m < kE; ++m) {
+#pragma unroll
+            for (int j = 0; j < kJ; ++j) weights[m][j] = fetch_weight(w, m, j);
+        }
+        const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(finish.token));
+        const ChunkGroup<T> group =
+            make_group<T, kE, kJ>(p, experts, out, off, finish.unit * kWarpSize);
+        finish_group<T, kE, kJ>(group, lane, weights, ring + stage * kSlots);
+#pragma unroll
+        for (int s = 0; s + 1 < kStages; ++s) logits[s] = logits[s + 1];
+        finish.advance(p);
+    }
 }
 
 // =================================================================================================
-// Tiles (tiled variant and generic path): one block per tile of tokens_per_block tokens, whose
-// offsets and weights are staged in shared memory behind a block barrier.
+// Generic path: one block per tile of tokens_per_block tokens, whose offsets and weights are staged
+// in shared memory behind a block barrier; a thread per channel row.
 // =================================================================================================
 
-// Per tile token its experts / out offsets and its weights [token][m][j] in float; then, for the
-// tiled variant, one staging buffer per warp.
+// Per tile token its experts / out offsets and its weights [token][m][j] in float.
 struct TileShared {
     int64_t* experts_off;
     int64_t* out_off;
     float* weights;
-    Vec* staging;
 };
 
 __device__ __forceinline__ TileShared tile_shared(const MoeParams& p) {
-    float4* shared_f4 = dynamic_shared();
-    int64_t* offsets = reinterpret_cast<int64_t*>(shared_f4);
-    float* weights = reinterpret_cast<float*>(offsets + 2 * p.tokens_per_block);
-    const int weight_vectors =
-        (p.tokens_per_block * p.num_experts * p.num_outputs * 4 + kVectorBytes - 1) / kVectorBytes;
-    Vec* staging = reinterpret_cast<Vec*>(shared_f4 + p.tokens_per_block) + weight_vectors;
-    return {offsets, offsets + p.tokens_per_block, weights, staging};
+    int64_t* offsets = reinterpret_cast<int64_t*>(dynamic_shared());
+    return {offsets, offsets + p.tokens_per_block,
+            reinterpret_cast<float*>(offsets + 2 * p.tokens_per_block)};
 }
 
 // Stages the tile's token offsets and mixture weights: one thread per (token, j) column reads its
@@ -428,8 +453,6 @@ __device__ __forceinline__ Tile block_tile(const MoeParams& p) {
     return {first_token,
             static_cast<int>(tokens_left < p.tokens_per_block ? tokens_left : p.tokens_per_block)};
 }
-
-// ---- Generic path --------------------------------------------------------------------------------
 
 // Experts of a row loaded together before their first use: one memory latency per block of
 // kGenericExpertBlock experts instead of one per expert.
@@ -486,282 +509,6 @@ __global__ void __launch_bounds__(kMoeBlockThreads, 3)
     }
 }
 
-// ---- Variant "tiled" (baseline) ------------------------------------------------------------------
-
-// Blocks per SM to ask ptxas for, i.e. its register cap (3: 80, 2: 128 registers). Chosen from
-// `nvcc -Xptxas -v` on sm_87/89/90: every vectorised chunk fits 80 registers without spilling
-// except those whose E input vectors and CH x J accumulators need 96 or more.
-template <typename T, int kE, int kJ>
-constexpr int tiled_min_blocks() {
-    return 4 * kE + 2 * Lanes<T>::kCount * kJ >= 96 ? 2 : 3;
-}
-
-// Warps take groups of up to 32 chunks of the tile's tokens.
-template <typename T, int kE, int kJ>
-__global__ void __launch_bounds__(kMoeBlockThreads, tiled_min_blocks<T, kE, kJ>())
-    tiled_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
-                 const T* __restrict__ gate, T* __restrict__ out) {
-    const TileShared tile = tile_shared(p);
-    const Tile t = block_tile(p);
-    const int warp = threadIdx.x / kWarpSize;
-    const int lane = threadIdx.x % kWarpSize;
-    const int groups_per_token = (p.items_per_token + kWarpSize - 1) / kWarpSize;
-    const int groups = t.tokens * groups_per_token;
-    Vec* staging = tile.staging + warp * staging_slots(kE, kJ);
-    const auto locate = [&](int g) {
-        const int tok = g / groups_per_token;
-        const TokenOffsets off =
-            token_offsets(p.tokens, static_cast<uint32_t>(t.first_token + tok));
-        return make_group<T, kE, kJ>(p, experts, out, off, tok,
-                                     (g - tok * groups_per_token) * kWarpSize);
-    };
-    ChunkGroup<T> group{0, 0, nullptr, nullptr};
-    if (warp < groups) {  // the first copy travels while the gate is staged
-        group = locate(warp);
-        copy_group_async<T, kE>(group, lane, staging);
-        __pipeline_commit();
-    }
-    stage_tile(p, gate, t.first_token, t.tokens, tile);
-    __syncthreads();
-    const int warps = blockDim.x / kWarpSize;
-    for (int g = warp; g < groups; g += warps) {
-        if (g != warp) {
-            group = locate(g);
-            copy_group_async<T, kE>(group, lane, staging);
-            __pipeline_commit();
-        }
-        const float* weights = tile.weights + group.tok * (kE * kJ);
-        __pipeline_wait_prior(0);
-        finish_group<T, kE, kJ, false>(
-            group, lane, [weights](int m, int j) { return weights[m * kJ + j]; }, staging);
-    }
-}
-
-// ---- Variant "staged": persistent, a ring of kStages cp.async groups per warp ---------------------
-
-constexpr int kStagedBlockThreads = 64;
-constexpr int kStagedMinBlocks = 8;  // register cap 128 (never reached); shared memory decides
-constexpr int kStages = 4;
-
-__host__ __device__ constexpr size_t staged_shared_bytes(int num_experts, int num_outputs) {
-    return static_cast<size_t>(kStagedBlockThreads / kWarpSize) * kStages *
-           staging_slots(num_experts, num_outputs) * kVectorBytes;
-}
-
-// Work unit: a group of 32 chunks. Group k + kStages - 1 is copied while group k is combined; the
-// copies hold no registers, so kStages - 1 groups (E * 512 bytes each) stay in flight per warp.
-template <typename T, int kE, int kJ>
-__global__ void __launch_bounds__(kStagedBlockThreads, kStagedMinBlocks)
-    staged_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
-                  const T* __restrict__ gate, T* __restrict__ out) {
-    constexpr int kSlots = staging_slots(kE, kJ);
-    const int lane = threadIdx.x % kWarpSize;
-    Vec* ring = reinterpret_cast<Vec*>(dynamic_shared()) +
-                (threadIdx.x / kWarpSize) * (kStages * kSlots);
-    UnitWalk issue = start_walk(p);
-    UnitWalk finish = issue;
-    // Gate logits of the groups in flight, oldest first (this lane's (m, j) element).
-    float logits[kStages];
-    const auto issue_group = [&](int stage) -> float {
-        float logit = 0.0f;
-        if (!issue.done(p)) {
-            const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(issue.token));
-            const ChunkGroup<T> group =
-                make_group<T, kE, kJ>(p, experts, out, off, 0, issue.unit * kWarpSize);
-            copy_group_async<T, kE>(group, lane, ring + stage * kSlots);
-            logit = load_lane_logit<T, kE, kJ>(p, gate + off.gate, lane);
-            issue.advance(p);
-        }
-        __pipeline_commit();  // empty groups too: wait_prior counts every commit
-        return logit;
-    };
-#pragma unroll
-    for (int s = 0; s + 1 < kStages; ++s) logits[s] = issue_group(s);
-    for (int stage = 0; !finish.done(p); stage = (stage + 1) % kStages) {
-        logits[kStages - 1] = issue_group((stage + kStages - 1) % kStages);
-        __pipeline_wait_prior(kStages - 1);
-        const float w = lane_weight<kE, kJ>(logits[0], lane, p.apply_softmax);
-        float weights[kE][kJ];
-#pragma unroll
-        for (int m = 0; m < kE; ++m) {
-#pragma unroll
-            for (int j = 0; j < kJ; ++j) weights[m][j] = fetch_weight(w, m, j);
-        }
-        const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(finish.token));
-        const ChunkGroup<T> group =
-            make_group<T, kE, kJ>(p, experts, out, off, 0, finish.unit * kWarpSize);
-        finish_group<T, kE, kJ, true>(
-            group, lane, [&weights](int m, int j) { return weights[m][j]; },
-            ring + stage * kSlots);
-#pragma unroll
-        for (int s = 0; s + 1 < kStages; ++s) logits[s] = logits[s + 1];
-        finish.advance(p);
-    }
-}
-
-// ---- Variants "rows" and "rows_prefetch": persistent, experts straight into registers ------------
-
-constexpr int kRowsBlockThreads = 256;
-constexpr int kRowsMinBlocks = 2;  // register cap 128
-
-// Power-of-two E only: then a 16-byte vector holds whole rows (E <= CH) or exactly 1 / (E / CH)
-// of one (fp32 E = 8: two vectors, on neighbouring lanes).
-__host__ __device__ constexpr bool rows_take_experts(int num_experts) {
-    return num_experts >= 1 && num_experts <= kMoeMaxVectorisedExperts &&
-           (num_experts & (num_experts - 1)) == 0;
-}
-
-// Vectors per lane of a unit (a unit is 32 x V consecutive experts vectors of one token): 16 (or
-// 8 when the next unit is prefetched, so both fit the register cap), fewer where the unit's
-// outputs, 32 V J / E vectors, would pass 4 KB of staging per warp.
-__host__ __device__ constexpr int rows_vectors_per_lane(int num_experts, int num_outputs,
-                                                        bool prefetch) {
-    const int cap = 8 * num_experts / num_outputs;
-    const int wanted = prefetch ? 8 : 16;
-    return wanted < cap ? wanted : cap;
-}
-
-__host__ __device__ constexpr int rows_out_vectors(int num_experts, int num_outputs,
-                                                   bool prefetch) {
-    return kWarpSize * rows_vectors_per_lane(num_experts, num_outputs, prefetch) * num_outputs /
-           num_experts;
-}
-
-template <typename T, int kE>
-struct RowsLayout {
-    static constexpr int kCh = Lanes<T>::kCount;
-    static constexpr int kExpertsPerVector = kE < kCh ? kE : kCh;
-    static constexpr int kRowsPerVector = kCh / kExpertsPerVector;
-    static constexpr int kLanesPerRow = kE / kExpertsPerVector;  // 1, or 2 for fp32 E = 8
-};
-
-// A unit loaded by one lane: its V vectors, where the unit's outputs go, and its gate logit.
-template <typename T, int kE, int kJ, bool kPrefetch>
-struct RowsUnit {
-    static constexpr int kV = rows_vectors_per_lane(kE, kJ, kPrefetch);
-    Vec x[kV];
-    T* out;       // the unit's first output element
-    int vectors;  // experts vectors in the unit (the last unit of a token may be partial)
-    float logit;  // this lane's gate element of the unit's token
-};
-
-template <typename T, int kE, int kJ, bool kPrefetch>
-__device__ __forceinline__ RowsUnit<T, kE, kJ, kPrefetch> load_rows_unit(
-    const MoeParams& p, const T* __restrict__ experts, const T* __restrict__ gate, T* out,
-    const UnitWalk& at, int lane) {
-    using Unit = RowsUnit<T, kE, kJ, kPrefetch>;
-    constexpr int kCh = Lanes<T>::kCount;
-    const TokenOffsets off = token_offsets(p.tokens, static_cast<uint32_t>(at.token));
-    const int first = at.unit * (Unit::kV * kWarpSize);
-    Unit u;
-    u.vectors = min(Unit::kV * kWarpSize, p.items_per_token - first);
-    const T* src = experts + off.experts + static_cast<int64_t>(first) * kCh;
-#pragma unroll
-    for (int i = 0; i < Unit::kV; ++i) {
-        const int v = i * kWarpSize + lane;
-        u.x[i] = v < u.vectors ? load_streaming(src + v * kCh) : Vec{};
-    }
-    u.logit = load_lane_logit<T, kE, kJ>(p, gate + off.gate, lane);
-    // first is a multiple of 32 and so of E: the unit starts at row first * CH / E
-    u.out = out + off.out + static_cast<int64_t>(first / kE) * (kCh * kJ);
-    return u;
-}
-
-// Combines a loaded unit: each lane's vectors row by row into the warp's staging buffer (row
-// (v * R + r) / L of the unit at element row * J + j), then the buffer leaves as lane-consecutive
-// 16-byte stores. All lanes of the warp call this together.
-template <typename T, int kE, int kJ, bool kPrefetch>
-__device__ __forceinline__ void finish_rows_unit(const RowsUnit<T, kE, kJ, kPrefetch>& u,
-                                                 int lane, bool apply_softmax, Vec* staging) {
-    using Layout = RowsLayout<T, kE>;
-    constexpr int kCh = Layout::kCh;
-    constexpr int kExperts = Layout::kExpertsPerVector;
-    constexpr int kRows = Layout::kRowsPerVector;
-    constexpr int kLanesPerRow = Layout::kLanesPerRow;
-    constexpr int kV = RowsUnit<T, kE, kJ, kPrefetch>::kV;
-    const float lane_w = lane_weight<kE, kJ>(u.logit, lane, apply_softmax);
-    // The experts of this lane's vectors: 0..E-1, or one half of them on a lane pair.
-    const int first_expert = (lane % kLanesPerRow) * kExperts;
-    float w[kExperts][kJ];
-#pragma unroll
-    for (int e = 0; e < kExperts; ++e) {
-#pragma unroll
-        for (int j = 0; j < kJ; ++j) w[e][j] = fetch_weight(lane_w, first_expert + e, j);
-    }
-    T* staged = reinterpret_cast<T*>(staging);
-#pragma unroll
-    for (int i = 0; i < kV; ++i) {
-        const int v = i * kWarpSize + lane;
-        float acc[kRows][kJ];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-            for (int j = 0; j < kJ; ++j) {
-                acc[r][j] = 0.0f;
-#pragma unroll
-                for (int e = 0; e < kExperts; ++e) {
-                    acc[r][j] = fmaf(Lanes<T>::get(u.x[i], r * kExperts + e), w[e][j], acc[r][j]);
-                }
-            }
-        }
-#pragma unroll
-        for (int mask = 1; mask < kLanesPerRow; mask *= 2) {
-#pragma unroll
-            for (int j = 0; j < kJ; ++j) acc[0][j] += __shfl_xor_sync(kFullWarp, acc[0][j], mask);
-        }
-        if (v < u.vectors) {
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-                const int row = (v * kRows + r) / kLanesPerRow;
-#pragma unroll
-                for (int j = 0; j < kJ; ++j) {
-                    // a lane pair shares a row: each lane writes every other output
-                    if (kLanesPerRow == 1 || j % kLanesPerRow == lane % kLanesPerRow) {
-                        staged[row * kJ + j] = from_float<T>(acc[r][j]);
-                    }
-                }
-            }
-        }
-    }
-    __syncwarp();
-    const int out_vectors = u.vectors * kJ / kE;
-#pragma unroll
-    for (int k = 0; k < (kV * kJ + kE - 1) / kE; ++k) {
-        const int s = k * kWarpSize + lane;
-        if (s < out_vectors) store_streaming(u.out + s * kCh, staging[s]);
-    }
-    __syncwarp();  // the next unit refills the buffer
-}
-
-template <typename T, int kE, int kJ, bool kPrefetch>
-__global__ void __launch_bounds__(kRowsBlockThreads, kRowsMinBlocks)
-    rows_kernel(const __grid_constant__ MoeParams p, const T* __restrict__ experts,
-                const T* __restrict__ gate, T* __restrict__ out) {
-    const int lane = threadIdx.x % kWarpSize;
-    Vec* staging = reinterpret_cast<Vec*>(dynamic_shared()) +
-                   (threadIdx.x / kWarpSize) * rows_out_vectors(kE, kJ, kPrefetch);
-    UnitWalk walk = start_walk(p);
-    const auto load = [&]() {
-        return load_rows_unit<T, kE, kJ, kPrefetch>(p, experts, gate, out, walk, lane);
-    };
-    if constexpr (kPrefetch) {
-        if (walk.done(p)) return;
-        RowsUnit<T, kE, kJ, kPrefetch> next = load();
-        for (;;) {
-            const RowsUnit<T, kE, kJ, kPrefetch> unit = next;
-            walk.advance(p);
-            const bool more = !walk.done(p);
-            if (more) next = load();
-            finish_rows_unit(unit, lane, p.apply_softmax, staging);
-            if (!more) break;
-        }
-    } else {
-        for (; !walk.done(p); walk.advance(p)) {
-            finish_rows_unit(load(), lane, p.apply_softmax, staging);
-        }
-    }
-}
-
 // =================================================================================================
 // Host side
 // =================================================================================================
@@ -769,75 +516,20 @@ __global__ void __launch_bounds__(kRowsBlockThreads, kRowsMinBlocks)
 template <typename T>
 using MoeKernel = void (*)(MoeParams, const T*, const T*, T*);
 
-// Kernel tables of the vectorised variants, indexed by E and J. tiled / staged: every
-// (E, J) within the vectorised limits at (E - 1) * kMoeMaxVectorisedOutputs + J - 1; rows: the
-// power-of-two E at log2(E) * kMoeMaxVectorisedOutputs + J - 1.
+// The vectorised kernels of every (E, J) within the vectorised limits, at
+// (E - 1) * kMoeMaxVectorisedOutputs + J - 1.
 template <typename T, int... kIndex>
-std::array<MoeKernel<T>, sizeof...(kIndex)> tiled_kernels(std::integer_sequence<int, kIndex...>) {
-    return {{&tiled_kernel<T, kIndex / kMoeMaxVectorisedOutputs + 1,
-                           kIndex % kMoeMaxVectorisedOutputs + 1>...}};
+std::array<MoeKernel<T>, sizeof...(kIndex)> vectorised_kernel_table(
+    std::integer_sequence<int, kIndex...>) {
+    return {{&vectorised_kernel<T, kIndex / kMoeMaxVectorisedOutputs + 1,
+                                kIndex % kMoeMaxVectorisedOutputs + 1>...}};
 }
 
-template <typename T, int... kIndex>
-std::array<MoeKernel<T>, sizeof...(kIndex)> staged_kernels(std::integer_sequence<int, kIndex...>) {
-    return {{&staged_kernel<T, kIndex / kMoeMaxVectorisedOutputs + 1,
-                            kIndex % kMoeMaxVectorisedOutputs + 1>...}};
-}
-
-template <typename T, bool kPrefetch, int... kIndex>
-std::array<MoeKernel<T>, sizeof...(kIndex)> rows_kernels(std::integer_sequence<int, kIndex...>) {
-    return {{&rows_kernel<T, 1 << (kIndex / kMoeMaxVectorisedOutputs),
-                          kIndex % kMoeMaxVectorisedOutputs + 1, kPrefetch>...}};
-}
-
-constexpr int kVectorisedPairs = kMoeMaxVectorisedExperts * kMoeMaxVectorisedOutputs;
-constexpr int kRowsPairs = 4 * kMoeMaxVectorisedOutputs;  // E = 1, 2, 4, 8
-
-int log2_of_power_of_two(int value) {
-    int log = 0;
-    while ((1 << log) < value) ++log;
-    return log;
-}
-
-// The selected variant; its position in kMoeVariantNames. Internal knob, see the header.
-enum MoeVariant : int { kRowsPrefetch = 0, kRows, kStaged, kTiled, kNumVariants };
-constexpr const char* kMoeVariantNames[kNumVariants] = {"rows_prefetch", "rows", "staged",
-                                                        "tiled"};
-std::atomic<int> selected_variant{kRowsPrefetch};
-
-// The vectorised kernel of `variant` for (E, J), or nullptr where the variant does not take E
-// (then the launcher uses the staged variant, which takes every E).
 template <typename T>
-MoeKernel<T> vectorised_kernel(int variant, int num_experts, int num_outputs) {
-    const int pair = (num_experts - 1) * kMoeMaxVectorisedOutputs + num_outputs - 1;
-    const int rows_pair = rows_take_experts(num_experts)
-                              ? log2_of_power_of_two(num_experts) * kMoeMaxVectorisedOutputs +
-                                    num_outputs - 1
-                              : -1;
-    switch (variant) {
-        case kRowsPrefetch: {
-            static const auto table =
-                rows_kernels<T, true>(std::make_integer_sequence<int, kRowsPairs>{});
-            return rows_pair < 0 ? nullptr : table[rows_pair];
-        }
-        case kRows: {
-            static const auto table =
-                rows_kernels<T, false>(std::make_integer_sequence<int, kRowsPairs>{});
-            return rows_pair < 0 ? nullptr : table[rows_pair];
-        }
-        case kStaged: {
-            static const auto table =
-                staged_kernels<T>(std::make_integer_sequence<int, kVectorisedPairs>{});
-            return table[pair];
-        }
-        case kTiled: {
-            static const auto table =
-                tiled_kernels<T>(std::make_integer_sequence<int, kVectorisedPairs>{});
-            return table[pair];
-        }
-        default:
-            return nullptr;
-    }
+MoeKernel<T> vectorised_kernel_for(int num_experts, int num_outputs) {
+    static const auto table = vectorised_kernel_table<T>(
+        std::make_integer_sequence<int, kMoeMaxVectorisedExperts * kMoeMaxVectorisedOutputs>{});
+    return table[(num_experts - 1) * kMoeMaxVectorisedOutputs + num_outputs - 1];
 }
 
 // Drops size-1 leading axes and merges neighbours that are contiguous in all three tensors, so
@@ -892,9 +584,9 @@ bool can_vectorise(const reid_moe_combine_desc& desc, const TokenLayout& layout,
     return true;
 }
 
-// Grid of a persistent kernel: as many blocks as fit the device at once (at most max_blocks_per_sm
-// per SM, the residency its launch bounds guarantee), or fewer when there are fewer work units
-// than warps.
+// Grid of the persistent kernel: as many blocks as fit the device at once (at most
+// max_blocks_per_sm per SM, the residency its launch bounds guarantee), or fewer when there are
+// fewer work units than warps.
 cudaError_t persistent_grid(int64_t units, int threads, size_t shared_bytes,
                             int max_blocks_per_sm, unsigned* grid) {
     int device = 0, sms = 0, shared_per_sm = 0, threads_per_sm = 0;
@@ -927,54 +619,40 @@ struct LaunchShape {
     size_t shared_bytes;
 };
 
-// Tiles of tokens_per_block tokens for the generic path (items = channels) and the tiled variant
-// (items = chunks): about one warp group per warp, or one channel row per thread.
+// Vectorised path: C / CH chunks per token in groups (work units) of 32, on the persistent grid.
 template <typename T>
-int tiled_launch(const reid_moe_combine_desc& desc, bool vectorised, MoeParams& p,
-                 LaunchShape& shape) {
-    const int64_t items_per_token = vectorised ? desc.channels / Lanes<T>::kCount : desc.channels;
-    const int64_t units_per_token =
-        vectorised ? (items_per_token + kWarpSize - 1) / kWarpSize : items_per_token;
-    const int64_t units_per_block = vectorised ? kMoeBlockThreads / kWarpSize : kMoeBlockThreads;
-    const int64_t tokens_per_block = std::max<int64_t>(
-        1, std::min<int64_t>({units_per_block / units_per_token, kMoeMaxTokensPerBlock,
-                              p.num_tokens}));
-    if (items_per_token * tokens_per_block > std::numeric_limits<int32_t>::max()) {
+int vectorised_launch(const reid_moe_combine_desc& desc, MoeParams& p, LaunchShape& shape) {
+    const int64_t chunks_per_token = desc.channels / Lanes<T>::kCount;
+    if (chunks_per_token > std::numeric_limits<int32_t>::max()) {
         return REID_ERROR_UNSUPPORTED_SHAPE;
     }
-    p.items_per_token = static_cast<int32_t>(items_per_token);
+    p.items_per_token = static_cast<int32_t>(chunks_per_token);
+    p.units_per_token = static_cast<int32_t>((chunks_per_token + kWarpSize - 1) / kWarpSize);
+    shape.threads = kVectorisedBlockThreads;
+    shape.shared_bytes = vectorised_shared_bytes(p.num_experts, p.num_outputs);
+    return static_cast<int>(persistent_grid(p.num_tokens * p.units_per_token, shape.threads,
+                                            shape.shared_bytes, kVectorisedMinBlocks,
+                                            &shape.grid));
+}
+
+// Generic path: tiles of tokens_per_block tokens, about one channel row per thread.
+int generic_launch(const reid_moe_combine_desc& desc, MoeParams& p, LaunchShape& shape) {
+    const int64_t channels = desc.channels;
+    const int64_t tokens_per_block = std::max<int64_t>(
+        1, std::min<int64_t>({kMoeBlockThreads / channels, kMoeMaxTokensPerBlock, p.num_tokens}));
+    if (channels * tokens_per_block > std::numeric_limits<int32_t>::max()) {
+        return REID_ERROR_UNSUPPORTED_SHAPE;
+    }
+    p.items_per_token = static_cast<int32_t>(channels);
     p.tokens_per_block = static_cast<int32_t>(tokens_per_block);
     const int64_t num_tiles = (p.num_tokens + tokens_per_block - 1) / tokens_per_block;
     if (num_tiles > std::numeric_limits<int32_t>::max()) return REID_ERROR_UNSUPPORTED_SHAPE;
-    const size_t weight_bytes = static_cast<size_t>(tokens_per_block) *
-                                static_cast<size_t>(desc.num_experts * desc.num_outputs) *
-                                sizeof(float);
     shape.grid = static_cast<unsigned>(num_tiles);
     shape.threads = kMoeBlockThreads;
-    shape.shared_bytes = static_cast<size_t>(tokens_per_block) * 2 * sizeof(int64_t) +
-                         (weight_bytes + kVectorBytes - 1) / kVectorBytes * kVectorBytes;
-    if (vectorised) {
-        shape.shared_bytes += static_cast<size_t>(kMoeBlockThreads / kWarpSize) *
-                              staging_slots(static_cast<int>(desc.num_experts),
-                                            static_cast<int>(desc.num_outputs)) *
-                              sizeof(Vec);
-    }
+    shape.shared_bytes =
+        static_cast<size_t>(tokens_per_block) *
+        (2 * sizeof(int64_t) + static_cast<size_t>(p.num_experts * p.num_outputs) * sizeof(float));
     return 0;
-}
-
-// Persistent variants: items_per_token items per token in units of items_per_unit.
-int persistent_launch(int64_t items_per_token, int64_t items_per_unit, int threads,
-                      size_t shared_bytes, int max_blocks_per_sm, MoeParams& p,
-                      LaunchShape& shape) {
-    if (items_per_token > std::numeric_limits<int32_t>::max()) {
-        return REID_ERROR_UNSUPPORTED_SHAPE;
-    }
-    p.items_per_token = static_cast<int32_t>(items_per_token);
-    p.units_per_token = static_cast<int32_t>((items_per_token + items_per_unit - 1) / items_per_unit);
-    shape.threads = threads;
-    shape.shared_bytes = shared_bytes;
-    return static_cast<int>(persistent_grid(p.num_tokens * p.units_per_token, threads,
-                                            shared_bytes, max_blocks_per_sm, &shape.grid));
 }
 
 }  // namespace
@@ -1015,43 +693,14 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     p.num_outputs = static_cast<int32_t>(desc->num_outputs);
     p.apply_softmax = desc->apply_softmax;
 
-    const int num_experts = p.num_experts;
-    const int num_outputs = p.num_outputs;
-    constexpr int64_t kCh = Lanes<T>::kCount;
     MoeKernel<T> kernel = &generic_kernel<T>;
     LaunchShape shape{};
     int status = 0;
-    if (!can_vectorise<T>(*desc, p.tokens, experts, out)) {
-        status = tiled_launch<T>(*desc, false, p, shape);
+    if (can_vectorise<T>(*desc, p.tokens, experts, out)) {
+        kernel = vectorised_kernel_for<T>(p.num_experts, p.num_outputs);
+        status = vectorised_launch<T>(*desc, p, shape);
     } else {
-        int variant = selected_variant.load(std::memory_order_relaxed);
-        kernel = vectorised_kernel<T>(variant, num_experts, num_outputs);
-        if (kernel == nullptr) {
-            variant = kStaged;
-            kernel = vectorised_kernel<T>(variant, num_experts, num_outputs);
-        }
-        switch (variant) {
-            case kRowsPrefetch:
-            case kRows: {
-                const bool prefetch = variant == kRowsPrefetch;
-                status = persistent_launch(
-                    desc->channels * num_experts / kCh,
-                    int64_t{kWarpSize} * rows_vectors_per_lane(num_experts, num_outputs, prefetch),
-                    kRowsBlockThreads,
-                    static_cast<size_t>(kRowsBlockThreads / kWarpSize) *
-                        rows_out_vectors(num_experts, num_outputs, prefetch) * sizeof(Vec),
-                    kRowsMinBlocks, p, shape);
-                break;
-            }
-            case kStaged:
-                status = persistent_launch(desc->channels / kCh, kWarpSize, kStagedBlockThreads,
-                                           staged_shared_bytes(num_experts, num_outputs),
-                                           kStagedMinBlocks, p, shape);
-                break;
-            default:
-                status = tiled_launch<T>(*desc, true, p, shape);
-                break;
-        }
+        status = generic_launch(*desc, p, shape);
     }
     if (status != 0) return status;
     kernel<<<shape.grid, shape.threads, shape.shared_bytes, stream>>>(
@@ -1088,20 +737,6 @@ REID_API int reid_moe_combine_bf16(const reid_moe_combine_desc* desc, const void
                                    const void* gate_logits, void* out, void* stream) {
     return reid::launch_moe_combine<__nv_bfloat16>(desc, experts, gate_logits, out,
                                                    static_cast<cudaStream_t>(stream));
-}
-
-REID_API const char* reid_moe_combine_internal_variant_name(int variant) {
-    return variant >= 0 && variant < reid::kNumVariants ? reid::kMoeVariantNames[variant] : nullptr;
-}
-
-REID_API int reid_moe_combine_internal_get_variant(void) {
-    return reid::selected_variant.load(std::memory_order_relaxed);
-}
-
-REID_API int reid_moe_combine_internal_set_variant(int variant) {
-    if (variant < 0 || variant >= reid::kNumVariants) return REID_ERROR_INVALID_ARGUMENT;
-    reid::selected_variant.store(variant, std::memory_order_relaxed);
-    return 0;
 }
 
 }  // extern "C"

@@ -8,12 +8,12 @@
 
 namespace reid {
 
-// Threads per block of the tiled kernels (generic path, tiled variant).
+// Threads per block of the generic path.
 constexpr int kMoeBlockThreads = 256;
-// Most tokens one tiled block stages gate weights for (bounds the dynamic shared memory).
+// Most tokens one generic-path block stages gate weights for (bounds the dynamic shared memory).
 constexpr int kMoeMaxTokensPerBlock = 64;
-// Largest E and J the vectorised (register-resident chunk) path is compiled for; larger ones take
-// the generic path.
+// Largest E and J the vectorised path (a register-resident chunk per lane, gate weights on lane
+// j * 8 + m) is compiled for; larger ones take the generic path.
 constexpr int kMoeMaxVectorisedExperts = 8;
 constexpr int kMoeMaxVectorisedOutputs = 4;
 
@@ -25,18 +25,3 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
                        const void* gate_logits, void* out, cudaStream_t stream);
 
 }  // namespace reid
-
-// Internal knob, not part of the C ABI (reid_kernels.h): the vectorised path exists in several
-// designs ("variants", moe_combine_kernel.cu) while they are measured against each other on the
-// GPU. One process-wide selection applies to every later launch; a variant that does not take a
-// shape leaves it to the "staged" variant. benchmarks/bench_moe_combine.py times every variant,
-// the GPU and emulated tests check every variant; reid_sdk._native wraps these three calls.
-// When one variant remains, these go.
-extern "C" {
-// Name of variant `variant` (0, 1, ...), or NULL past the last one.
-REID_API const char* reid_moe_combine_internal_variant_name(int variant);
-// The selected variant (0 until changed: the default).
-REID_API int reid_moe_combine_internal_get_variant(void);
-// Selects `variant`; returns 0, or REID_ERROR_INVALID_ARGUMENT for an unknown index.
-REID_API int reid_moe_combine_internal_set_variant(int variant);
-}

@@ -4,12 +4,13 @@ tests/ops/moe_cpu_emulation/ compiles kernels/moe_combine/moe_combine_kernel.cu 
 std::thread per CUDA thread and std::barrier for __syncthreads / __syncwarp / shuffles, deferred
 cp.async copies, and a small emulated device (2 SMs unless a test says otherwise), and calls the
 library's own reid_moe_combine_* entry points on host memory. So CI checks the launcher's
-argument checks, axis merging, path and variant choice and persistent grids, and every kernel
-instantiation's lane arithmetic of every vectorised variant, without a GPU. It cannot see what
+argument checks, axis merging, path choice and persistent grid, and the lane arithmetic of every
+(dtype, E, J) instantiation of the vectorised kernel, without a GPU. It cannot see what
 only hardware shows (memory model, timing, alignment faults): the `gpu` tests in
 test_moe_combine_gpu.py run the real thing.
 """
 import ctypes
+import math
 import sys
 from pathlib import Path
 
@@ -18,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_toolchain import build_emulation, requires_host_toolchain  # noqa: E402
-from moe_variants import KERNEL_SOURCE, VARIANTS  # noqa: E402
 from reid_export.ops import moe_combine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+KERNEL_SOURCE = ROOT / "kernels" / "moe_combine" / "moe_combine_kernel.cu"
 
 pytestmark = requires_host_toolchain
 
@@ -30,6 +31,9 @@ INVALID_ARGUMENT, UNSUPPORTED_SHAPE = 10001, 10002
 LAUNCHERS = {torch.float32: "reid_moe_combine_f32", torch.float16: "reid_moe_combine_f16",
              torch.bfloat16: "reid_moe_combine_bf16"}
 MAX_LEAD = 8
+# The emulated device of the harness unless a test sets another: SMs, shared memory and threads
+# per SM (H100 / H200 limits).
+DEFAULT_DEVICE = (2, 233472, 2048)
 
 
 class _Desc(ctypes.Structure):
@@ -68,44 +72,37 @@ def lib(tmp_path_factory):
         _Desc, flags=("-O1", "-w", "-Wl,-Bsymbolic"))
     loaded.emulated_last_launch_grid.restype = ctypes.c_uint
     loaded.emulated_unretired_copies.restype = ctypes.c_size_t
-    loaded.reid_moe_combine_internal_variant_name.restype = ctypes.c_char_p
     for name in LAUNCHERS.values():
         getattr(loaded, name).restype = ctypes.c_int
     return loaded
 
 
-def _variant_names(lib):
-    names = []
-    while (name := lib.reid_moe_combine_internal_variant_name(len(names))) is not None:
-        names.append(name.decode())
-    return names
+@pytest.fixture
+def emulated_device(lib):
+    """Sets the emulated device's (SMs, shared memory per SM, threads per SM) for the test."""
+    yield lib.emulated_set_device
+    lib.emulated_set_device(*DEFAULT_DEVICE)
 
 
-# E these variants do not take runs the staged variant instead.
-POWER_OF_TWO_ONLY = {"rows", "rows_prefetch"}
+def _ran_instantiation(lib, dtype):
+    """(E, J) of the vectorised kernel instantiation that ran last, or None (not vectorised)."""
+    num_experts, num_outputs = ctypes.c_int(), ctypes.c_int()
+    found = lib.emulated_last_vectorised_instantiation(
+        list(LAUNCHERS).index(dtype), ctypes.byref(num_experts), ctypes.byref(num_outputs))
+    return (num_experts.value, num_outputs.value) if found else None
 
 
-@pytest.fixture(params=VARIANTS)
-def variant(request, lib):
-    """Selects one vectorised variant for the test (and restores the default afterwards)."""
-    index = _variant_names(lib).index(request.param)
-    default = lib.reid_moe_combine_internal_get_variant()
-    assert lib.reid_moe_combine_internal_set_variant(index) == 0
-    yield request.param
-    assert lib.reid_moe_combine_internal_set_variant(default) == 0
-    lib.emulated_set_device(2, 233472, 2048)
-
-
-def _expected_variant(variant, num_experts):
-    if variant in POWER_OF_TWO_ONLY and num_experts & (num_experts - 1):
-        return "staged"
-    return variant
-
-
-def _ran_variant(lib, dtype, num_experts, num_outputs):
-    index = lib.emulated_last_launch_variant(list(LAUNCHERS).index(dtype), num_experts,
-                                             num_outputs)
-    return _variant_names(lib)[index] if index >= 0 else None
+def _expected_grid(num_tokens, channels, dtype, num_experts, num_outputs, device=DEFAULT_DEVICE):
+    """Persistent grid of the vectorised kernel, from the launch rule README.md states: blocks of
+    2 warps, each warp a ring of 4 groups of 36 * max(E, J) 16-byte slots; per SM at most 8 blocks
+    and what shared memory (plus 1 KB reserved per block) and threads allow; no more blocks than
+    the groups of 32 chunks need."""
+    multiprocessors, shared_per_sm, threads_per_sm = device
+    shared_per_block = 2 * 4 * 36 * max(num_experts, num_outputs) * 16
+    blocks_per_sm = max(1, min(8, threads_per_sm // 64, shared_per_sm // (shared_per_block + 1024)))
+    chunks = channels * dtype.itemsize // 16
+    groups = num_tokens * -(-chunks // 32)
+    return min(-(-groups // 2), multiprocessors * blocks_per_sm)
 
 
 def _describe(experts, gate, out, softmax):
@@ -174,57 +171,55 @@ def max_error(got, experts, gate, softmax=True):
 def test_hamobe_layout_takes_the_vectorised_path(lib, softmax):
     experts, gate = inputs((2, 3), 64, 8, 3, (2, 1))  # per-sample routing over 3 frames
     got, path = run(lib, experts, gate, softmax)
-    assert path == 1
+    assert path == 1 and _ran_instantiation(lib, torch.float32) == (8, 3)
     assert max_error(got, experts, gate, softmax) <= 1e-5
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=("float32", "float16"))
-def test_every_vectorised_instantiation(lib, variant, dtype):
-    """Each (E, J) kernel of each variant has its own compile-time lane map: check all of them."""
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16),
+                         ids=("float32", "float16", "bfloat16"))
+def test_every_vectorised_instantiation(lib, dtype):
+    """Each (E, J) kernel has its own compile-time lane map: check all of them."""
     for num_experts in range(1, 9):
         for num_outputs in range(1, 5):
             experts, gate = inputs((3,), 16, num_experts, num_outputs, dtype=dtype,
                                    seed=num_experts * 10 + num_outputs)
             got, path = run(lib, experts, gate)
             assert path == 1, (num_experts, num_outputs)
-            assert _ran_variant(lib, dtype, num_experts, num_outputs) == _expected_variant(
-                variant, num_experts)
+            assert _ran_instantiation(lib, dtype) == (num_experts, num_outputs)
             error = max_error(got, experts, gate)
             assert error <= bound_for(got, experts, gate), (num_experts, num_outputs, error)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("float32", "bfloat16"))
 @pytest.mark.parametrize("softmax", (True, False))
-def test_persistent_grid_with_many_and_partial_units_per_warp(lib, variant, dtype, softmax):
-    """One emulated SM: each warp walks many units, tokens end in partial units and warp groups."""
-    lib.emulated_set_device(1, 233472, 2048)
-    # per token: fp32 C=200 -> 400 vectors (rows units of 256 / 512), 50 chunks (staged groups
-    # of 32); bf16 C=200 -> 200 vectors, 25 chunks
+def test_persistent_grid_with_many_and_partial_units_per_warp(lib, emulated_device, dtype,
+                                                              softmax):
+    """One emulated SM: each warp walks many groups, tokens end in partial groups of chunks."""
+    device = (1, 233472, 2048)
+    emulated_device(*device)
+    # per token: fp32 C=200 -> 50 chunks (a group of 32 and one of 18), bf16 C=200 -> 25 chunks
     for lead, channels, num_experts, num_outputs in (((19,), 200, 8, 3), ((7, 3), 200, 4, 4),
                                                      ((41,), 16, 2, 1), ((5,), 200, 6, 2)):
         experts, gate = inputs(lead, channels, num_experts, num_outputs, dtype=dtype,
                                seed=channels + num_experts)
         got, path = run(lib, experts, gate, softmax)
-        assert path == 1
-        if variant != "tiled":  # persistent: at most 8 blocks on the one SM
-            assert lib.emulated_last_launch_grid() <= 8
-        assert _ran_variant(lib, dtype, num_experts, num_outputs) == _expected_variant(
-            variant, num_experts)
+        assert path == 1 and _ran_instantiation(lib, dtype) == (num_experts, num_outputs)
+        assert lib.emulated_last_launch_grid() == _expected_grid(
+            math.prod(lead), channels, dtype, num_experts, num_outputs, device)
         assert max_error(got, experts, gate, softmax) <= bound_for(got, experts, gate, softmax)
 
 
-def test_persistent_grid_follows_the_device_limits(lib, variant):
-    experts, gate = inputs((60,), 64, 8, 3, dtype=torch.float16)
-    grids = []
-    for multiprocessors, shared in ((3, 233472), (3, 20 * 1024)):
-        lib.emulated_set_device(multiprocessors, shared, 2048)
+def test_persistent_grid_follows_the_device_limits(lib, emulated_device):
+    experts, gate = inputs((60,), 64, 8, 3, dtype=torch.float16)  # 60 groups: 30 blocks of 2
+    # 3 SMs; a block holds 2 warps x 4 groups x 288 slots x 16 B = 36 KB (+ 1 KB reserved):
+    # 6 blocks per SM fit 228 KB of shared memory, 1 fits 20 KB, 2 fit 128 threads
+    for device, grid in (((3, 233472, 2048), 18), ((3, 20 * 1024, 2048), 3),
+                         ((3, 233472, 128), 6)):
+        emulated_device(*device)
         got, _ = run(lib, experts, gate)
         assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
-        grids.append(lib.emulated_last_launch_grid())
-    if variant == "tiled":  # one block per tile of 8 tokens, whatever the device
-        assert grids == [8, 8]
-    else:  # one block per SM fits 20 KB of shared memory
-        assert grids[0] % 3 == 0 and grids[1] == 3 < grids[0]
+        assert lib.emulated_last_launch_grid() == grid == _expected_grid(
+            60, 64, torch.float16, 8, 3, device)
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
@@ -277,7 +272,7 @@ def test_misaligned_pointer_falls_back_to_generic(lib):
     ((3, 1, 4, 2), (1, 1, 4, 1)),        # size-1 axes dropped
     ((2,) * 8, (2, 1) * 4),              # the ABI's eight leading axes
 ])
-def test_token_axes_with_broadcast_gate(lib, variant, lead, gate_lead):
+def test_token_axes_with_broadcast_gate(lib, lead, gate_lead):
     for channels in (8, 5):  # vectorised and generic
         experts, gate = inputs(lead, channels, 4, 2, gate_lead)
         got, path = run(lib, experts, gate)
@@ -285,7 +280,7 @@ def test_token_axes_with_broadcast_gate(lib, variant, lead, gate_lead):
         assert max_error(got, experts, gate) <= 1e-5
 
 
-def test_many_tiles_and_many_items_per_thread(lib, variant):
+def test_many_tiles_and_many_items_per_thread(lib):
     # fp16 C=320: 40 chunks per token, a full warp group of 32 and a partial one of 8
     for lead, channels, dtype in (((37,), 64, torch.float16), ((2,), 4096, torch.float32),
                                   ((3,), 4097, torch.float32), ((5,), 320, torch.float16)):
@@ -294,7 +289,7 @@ def test_many_tiles_and_many_items_per_thread(lib, variant):
         assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
 
 
-def test_large_logits_stay_finite(lib, variant):
+def test_large_logits_stay_finite(lib):
     experts, gate = inputs((4,), 16, 8, 3, scale=1e4)
     for channels_slice in (slice(None), slice(0, 7)):
         x = experts[:, channels_slice]
@@ -337,10 +332,3 @@ def test_launcher_rejects_null_pointers_and_negative_shapes(lib):
     desc.lead_shape[0] = -2
     assert _launch(lib, desc, experts, gate, out) == INVALID_ARGUMENT
 
-
-def test_variant_knob_names_every_variant_and_rejects_others(lib):
-    assert tuple(_variant_names(lib)) == VARIANTS
-    default = lib.reid_moe_combine_internal_get_variant()
-    for bad in (-1, len(VARIANTS)):
-        assert lib.reid_moe_combine_internal_set_variant(bad) == INVALID_ARGUMENT
-    assert lib.reid_moe_combine_internal_get_variant() == default

@@ -4,24 +4,17 @@ The float64 reference on the CPU, fed the very values the kernel reads (inputs a
 kernel's dtype), is the truth. fp32: 1e-5 relative to the output scale. fp16/bf16: no worse than
 twice the error torch makes computing the same thing in that dtype on the GPU (softmax, then a
 matmul). Outputs are poisoned with NaN before every launch so unwritten elements show.
-
-The vectorised path exists in several kernel variants while they are compared
-(kernels/moe_combine/README.md); every test that reaches it runs once per variant (the `variant`
-fixture selects it process-wide through the library's internal knob).
 """
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moe_variants import VARIANTS  # noqa: E402
-from reid_export.ops import moe_combine  # noqa: E402
+from reid_export.ops import moe_combine
 
 pytestmark = pytest.mark.gpu
 CUDA = "cuda"
@@ -31,14 +24,6 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _native():
     from reid_sdk import _native
     return _native
-
-
-@pytest.fixture(params=VARIANTS)
-def variant(request):
-    """Runs the test with one vectorised kernel variant selected (restored afterwards)."""
-    previous = _native()._select_moe_combine_variant(request.param)
-    yield request.param
-    _native()._select_moe_combine_variant(previous)
 
 
 def _inputs(lead, channels, num_experts, num_outputs, gate_lead=None, dtype=torch.float32,
@@ -90,7 +75,7 @@ def _check(experts, gate, softmax=True, out=None):
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("softmax", (True, False))
-def test_hamobe_shape(variant, dtype, softmax):
+def test_hamobe_shape(dtype, softmax):
     # leading 4 x 257 tokens (a slice of HAMoBE's 256 x 257), C=512, E=8, J=3, per-token gate
     experts, gate = _inputs((4, 257), 512, 8, 3, dtype=dtype)
     _check(experts, gate, softmax)
@@ -100,7 +85,7 @@ def test_hamobe_shape(variant, dtype, softmax):
 @pytest.mark.parametrize("channels", (1, 7, 8, 13, 64, 4096, 4097))
 @pytest.mark.parametrize("num_experts, num_outputs", [(1, 1), (3, 8), (16, 1), (16, 8), (8, 3),
                                                       (4, 4)])
-def test_shapes(variant, dtype, channels, num_experts, num_outputs):
+def test_shapes(dtype, channels, num_experts, num_outputs):
     lead = (3, 5) if channels < 4096 else (2,)
     experts, gate = _inputs(lead, channels, num_experts, num_outputs, dtype=dtype,
                             seed=channels * 100 + num_experts * 10 + num_outputs)
@@ -108,7 +93,7 @@ def test_shapes(variant, dtype, channels, num_experts, num_outputs):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_broadcast_and_strided_gate(variant, dtype):
+def test_broadcast_and_strided_gate(dtype):
     experts, _ = _inputs((4, 3, 2), 64, 8, 3, dtype=dtype)
     for gate_lead in ((4, 1, 2), (1, 3, 1), (2,), ()):
         _, gate = _inputs(gate_lead, 64, 8, 3, dtype=dtype, seed=len(gate_lead))
@@ -120,7 +105,7 @@ def test_broadcast_and_strided_gate(variant, dtype):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_strided_experts_and_output(variant, dtype):
+def test_strided_experts_and_output(dtype):
     experts, gate = _inputs((6, 4), 128, 8, 3, dtype=dtype)
     cases = {
         "E-major rows": experts.transpose(-1, -2).contiguous().transpose(-1, -2),
@@ -138,7 +123,7 @@ def test_strided_experts_and_output(variant, dtype):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_large_logits_stay_finite(variant, dtype):
+def test_large_logits_stay_finite(dtype):
     experts, gate = _inputs((8, 3), 64, 8, 3, dtype=dtype, scale=1e4)
     for channels in (64, 13):
         got = _check(experts[..., :channels, :], gate)
@@ -156,7 +141,7 @@ def test_empty_shapes(lead, channels, num_outputs):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_torch_op_uses_the_kernel_on_the_current_stream(variant, dtype):
+def test_torch_op_uses_the_kernel_on_the_current_stream(dtype):
     experts, gate = _inputs((3, 257), 512, 8, 3, (3, 1), dtype=dtype)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
@@ -167,7 +152,7 @@ def test_torch_op_uses_the_kernel_on_the_current_stream(variant, dtype):
     assert got.dtype == dtype and _error(got, truth) <= _bound(experts, gate, truth)
 
 
-def test_cuda_graph_capture_and_replay(variant):
+def test_cuda_graph_capture_and_replay():
     experts, gate = _inputs((4, 257), 512, 8, 3, dtype=torch.float16)
     static_experts, static_gate = experts.clone(), gate.clone()
     side = torch.cuda.Stream()
@@ -190,9 +175,9 @@ def test_cuda_graph_capture_and_replay(variant):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_full_hamobe_batch(variant, dtype):
+def test_full_hamobe_batch(dtype):
     """HAMoBE's whole benchmark batch (256 x 257 tokens): many work units per warp of the
-    persistent grids, against float64 computed on the GPU."""
+    persistent grid, against float64 computed on the GPU."""
     experts, gate = _inputs((32, 8, 257), 512, 8, 3, dtype=dtype, seed=11)
     got = _run_kernel(experts, gate)
     truth = moe_combine(experts.double(), gate.double())
@@ -250,19 +235,16 @@ _SANITIZER_SCRIPT = textwrap.dedent("""
     from reid_sdk import _native
     torch.manual_seed(0)
     stream = torch.cuda.current_stream().cuda_stream
-    # (5000,) tokens of C=8: several work units per warp of the persistent grids, yet small
-    for variant in _native._moe_combine_variants():
-        _native._select_moe_combine_variant(variant)
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for lead, c, e, j in (((3, 9), 64, 8, 3), ((2, 5), 13, 16, 8), ((1,), 4096, 4, 4),
-                                  ((40, 3), 200, 6, 2), ((5000,), 8, 8, 3)):
-                x = torch.randn(lead + (c, e), device="cuda").to(dtype)
-                g = torch.randn(lead[:1] + (1,) * (len(lead) - 1) + (e, j),
-                                device="cuda").to(dtype)
-                out = torch.empty(lead + (c, j), device="cuda", dtype=dtype)
-                _native.moe_combine(x, g, out, stream=stream)
-                _native.moe_combine(x.transpose(-1, -2).contiguous().transpose(-1, -2), g, out,
-                                    softmax=False, stream=stream)
+    # (5000,) tokens of C=8: several work units per warp of the persistent grid, yet small
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for lead, c, e, j in (((3, 9), 64, 8, 3), ((2, 5), 13, 16, 8), ((1,), 4096, 4, 4),
+                              ((40, 3), 200, 6, 2), ((5000,), 8, 8, 3)):
+            x = torch.randn(lead + (c, e), device="cuda").to(dtype)
+            g = torch.randn(lead[:1] + (1,) * (len(lead) - 1) + (e, j), device="cuda").to(dtype)
+            out = torch.empty(lead + (c, j), device="cuda", dtype=dtype)
+            _native.moe_combine(x, g, out, stream=stream)
+            _native.moe_combine(x.transpose(-1, -2).contiguous().transpose(-1, -2), g, out,
+                                softmax=False, stream=stream)
     torch.cuda.synchronize()
     print("sanitizer run done")
 """)

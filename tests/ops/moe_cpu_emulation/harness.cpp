@@ -4,9 +4,9 @@
 // syntax and the dynamic shared memory declaration to emulated_launch / emulated_moe_shared, and
 // calls the library's own reid_moe_combine_* entry points through ctypes on host memory.
 // The CUDA basics (threadIdx, blockIdx, blockDim, __syncthreads, warp barriers, shuffles, bit
-// casts) come from the KeypointPatchPool emulation's shim; this file and cuda_pipeline_primitives.h beside it
-// add what MoECombine uses beyond them, including a small emulated device (SM count and limits)
-// for the persistent kernels' grid.
+// casts) come from the KeypointPatchPool emulation's shim; this file and
+// cuda_pipeline_primitives.h beside it add what MoECombine uses beyond them, including a small
+// emulated device (SM count and limits) for the persistent kernel's grid.
 #define __grid_constant__  // before the CUDA headers: kernel parameters are plain values here
 
 #include <atomic>
@@ -15,6 +15,7 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cuda_pipeline_primitives.h"  // the stand-in beside this file
@@ -27,14 +28,13 @@ inline void __syncwarp(unsigned = 0xffffffffu) {
     emulated_warp_barrier[threadIdx.x / 32]->arrive_and_wait();
 }
 
-// Cache hints mean nothing here: plain 16-byte accesses.
-inline uint4 __ldcs(const uint4* ptr) { return *ptr; }
+// Cache hints mean nothing here: a plain 16-byte store.
 inline void __stcs(uint4* ptr, uint4 value) { *ptr = value; }
 
 // An emulated launch finishes before it returns, so there is never a pending launch error.
 extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 
-// The emulated device: few SMs, so persistent kernels give each warp several work units.
+// The emulated device: few SMs, so the persistent kernel gives each warp several work units.
 inline int emulated_multiprocessors = 2;
 inline int emulated_shared_per_multiprocessor = 233472;  // H100 / H200
 inline int emulated_threads_per_multiprocessor = 2048;
@@ -137,18 +137,35 @@ extern "C" int emulated_last_launch_vectorised() {
     return 1;
 }
 
-// The vectorised variant (index of reid_moe_combine_internal_variant_name) whose (E, J) kernel
-// for dtype 0 float32 / 1 float16 / 2 bfloat16 ran last; -1 when it was none of them.
-extern "C" int emulated_last_launch_variant(int dtype, int num_experts, int num_outputs) {
-    for (int variant = 0; variant < reid::kNumVariants; ++variant) {
-        const void* kernels[] = {
-            reinterpret_cast<const void*>(
-                reid::vectorised_kernel<float>(variant, num_experts, num_outputs)),
-            reinterpret_cast<const void*>(
-                reid::vectorised_kernel<__half>(variant, num_experts, num_outputs)),
-            reinterpret_cast<const void*>(
-                reid::vectorised_kernel<__nv_bfloat16>(variant, num_experts, num_outputs))};
-        if (kernels[dtype] != nullptr && kernels[dtype] == emulated_last_kernel) return variant;
+// Whether the last launch ran reid::vectorised_kernel<T, kE, kJ>; if so, stores its E and J.
+template <typename T, int kE, int kJ>
+bool last_kernel_is(int* num_experts, int* num_outputs) {
+    const void* kernel = reinterpret_cast<const void*>(&reid::vectorised_kernel<T, kE, kJ>);
+    if (kernel != emulated_last_kernel) return false;
+    *num_experts = kE;
+    *num_outputs = kJ;
+    return true;
+}
+
+template <typename T, int... kIndex>
+bool find_last_vectorised(std::integer_sequence<int, kIndex...>, int* num_experts,
+                          int* num_outputs) {
+    return (last_kernel_is<T, kIndex / reid::kMoeMaxVectorisedOutputs + 1,
+                           kIndex % reid::kMoeMaxVectorisedOutputs + 1>(num_experts, num_outputs) ||
+            ...);
+}
+
+// The (E, J) instantiation of the vectorised kernel for dtype 0 float32 / 1 float16 / 2 bfloat16
+// that ran last, found by comparing the launched kernel with every instantiation (not through the
+// launcher's own table). Returns 1 and fills num_experts / num_outputs, or 0 when it was none.
+extern "C" int emulated_last_vectorised_instantiation(int dtype, int* num_experts,
+                                                      int* num_outputs) {
+    constexpr auto kPairs = std::make_integer_sequence<
+        int, reid::kMoeMaxVectorisedExperts * reid::kMoeMaxVectorisedOutputs>{};
+    switch (dtype) {
+        case 0: return find_last_vectorised<float>(kPairs, num_experts, num_outputs);
+        case 1: return find_last_vectorised<__half>(kPairs, num_experts, num_outputs);
+        case 2: return find_last_vectorised<__nv_bfloat16>(kPairs, num_experts, num_outputs);
+        default: return 0;
     }
-    return -1;
 }
