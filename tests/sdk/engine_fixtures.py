@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,28 @@ def build_keyreid_like(path, spec: dict | None = None, *, seed: int = 0, batch="
 
 
 # -- random inputs --------------------------------------------------------------------------------
+def assert_threads_match_sequential(call, jobs, rounds: int = 1) -> None:
+    """Run ``call(job)`` for every job on its own thread (``rounds`` times each, all threads at
+    once) and assert each thread's last result equals, bit for bit, a sequential call first."""
+    sequential = [call(job) for job in jobs]
+    results, errors = [None] * len(jobs), []
+
+    def worker(slot):
+        try:
+            for _ in range(rounds):
+                results[slot] = call(jobs[slot])
+        except Exception as exc:  # reported below, on the test's thread
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for got, want in zip(results, sequential):
+        np.testing.assert_array_equal(got, want)
+
+
 def random_crop(rng, height, width, channels=3):
     shape = (height, width) if channels is None else (height, width, channels)
     return rng.integers(0, 256, size=shape, dtype=np.uint8)

@@ -4,7 +4,6 @@ SDK's own exception naming the problem; the runtime never imports torch."""
 import json
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -179,25 +178,8 @@ def test_array_input_equals_list_input(models, rng):
 def test_threads_share_one_engine(models, rng):
     engine = reid_sdk.Engine(models["keyreid"], max_batch=4)
     jobs = [keyreid_inputs(rng, rng.integers(1, 30, size=3)) for _ in range(8)]
-    sequential = [engine.embed(t, keypoints=k, camera=c) for t, k, c in jobs]
-    results = [None] * len(jobs)
-    errors = []
-
-    def worker(slot):
-        try:
-            for _ in range(3):
-                t, k, c = jobs[slot]
-                results[slot] = engine.embed(t, keypoints=k, camera=c)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for got, want in zip(results, sequential):
-        np.testing.assert_array_equal(got, want)
+    fx.assert_threads_match_sequential(
+        lambda job: engine.embed(job[0], keypoints=job[1], camera=job[2]), jobs, rounds=3)
 
 
 # -- colour and crop formats ---------------------------------------------------------------------

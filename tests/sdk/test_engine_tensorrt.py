@@ -380,22 +380,7 @@ def test_simulated_tensorrt_is_locked_across_threads(tmp_path, rng, simulated_te
     onnx_path = fx.build_hamobe_like(tmp_path / "h.onnx", spec, seed=4)
     engine = reid_sdk.Engine(onnx_as_plan(onnx_path, tmp_path / "h.plan", spec))
     jobs = [fx.random_tracklets(rng, rng.integers(1, 40, size=3)) for _ in range(6)]
-    sequential = [engine.embed(j) for j in jobs]
-    results, errors = [None] * len(jobs), []
-
-    def worker(i):
-        try:
-            results[i] = engine.embed(jobs[i])
-        except Exception as exc:  # reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for got, want in zip(results, sequential):
-        np.testing.assert_array_equal(got, want)
+    fx.assert_threads_match_sequential(engine.embed, jobs)
 
 
 def test_simulated_deserialisation_failure(tmp_path, rng, simulated_tensorrt):
