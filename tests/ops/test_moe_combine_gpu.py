@@ -250,10 +250,12 @@ _SANITIZER_SCRIPT = textwrap.dedent("""
 """)
 # What each tool prints when it found nothing.
 _SANITIZER_CLEAN = {"memcheck": "ERROR SUMMARY: 0 errors",
-                    "racecheck": "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"}
+                    "racecheck": "RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)",
+                    "synccheck": "ERROR SUMMARY: 0 errors",
+                    "initcheck": "ERROR SUMMARY: 0 errors"}
 
 
-@pytest.mark.parametrize("tool", ("memcheck", "racecheck"))
+@pytest.mark.parametrize("tool", tuple(_SANITIZER_CLEAN))
 def test_compute_sanitizer(tool, tmp_path):
     sanitizer = shutil.which("compute-sanitizer") or next(
         (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.isfile(p)), None)
