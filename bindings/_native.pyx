@@ -201,5 +201,16 @@ def as_device_array(obj, name="array"):
     return DeviceArray(cai["data"][0], cai["shape"], strides, dtype)
 
 
+def _overlapping(array):
+    """Whether two elements of ``array`` share an address (so concurrent writes would race)."""
+    span = 0
+    for stride, size in sorted((abs(st), sz) for sz, st in zip(array.shape, array.strides)
+                               if sz > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
 include "_native_moe_combine.pxi"
 include "_native_keypoint_patch_pool.pxi"

@@ -9,9 +9,6 @@ from libc.string cimport memset
 KEYREID_PARTS = ((0, 1, 2, 3, 4), (5, 6, 11, 12), (7, 9), (8, 10), (13, 15), (14, 16))
 _KPP_MODES = {"paper": REID_KPP_MODE_PAPER, "max": REID_KPP_MODE_MAX,
               "constant": REID_KPP_MODE_CONSTANT}
-# Kernel limits (kernels/keypoint_patch_pool/keypoint_patch_pool_kernel.h).
-_KPP_MAX_SIDE = 32768
-_KPP_MAX_PATCHES = 2048
 
 
 def _kpp_parts(parts):
@@ -45,17 +42,6 @@ def _kpp_parts(parts):
         raise ValueError(f"KeypointPatchPool: the parts list more than "
                          f"{REID_KPP_MAX_PART_JOINTS} joints in all")
     return tuple(checked)
-
-
-def _kpp_overlapping(array):
-    """Whether two elements of ``array`` share an address (so concurrent writes would race)."""
-    span = 0
-    for stride, size in sorted((abs(st), sz) for sz, st in zip(array.shape, array.strides)
-                               if sz > 1):
-        if stride <= span:
-            return True
-        span += stride * (size - 1)
-    return False
 
 
 def keypoint_patch_pool(keypoints, crop_hw, frame_valid, out, *, parts=KEYREID_PARTS,
@@ -108,16 +94,16 @@ def keypoint_patch_pool(keypoints, crop_hw, frame_valid, out, *, parts=KEYREID_P
     if len(out_hw) != 2:
         raise ValueError(f"KeypointPatchPool: out_hw must be (height, width), got {out_hw!r}")
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
-    if patch < 1 or not (1 <= out_h <= _KPP_MAX_SIDE and 1 <= out_w <= _KPP_MAX_SIDE):
-        raise ValueError(f"KeypointPatchPool: need patch >= 1 and out_hw in [1, {_KPP_MAX_SIDE}]"
+    if patch < 1 or not (1 <= out_h <= REID_KPP_MAX_SIDE and 1 <= out_w <= REID_KPP_MAX_SIDE):
+        raise ValueError(f"KeypointPatchPool: need patch >= 1 and out_hw in [1, {REID_KPP_MAX_SIDE}]"
                          f", got out_hw={(out_h, out_w)}, patch={patch}")
     if out_h % patch or out_w % patch:
         raise ValueError(f"KeypointPatchPool: out_hw {(out_h, out_w)} is not divisible by "
                          f"patch={patch}")
     num_patches = (out_h // patch) * (out_w // patch)
-    if num_patches > _KPP_MAX_PATCHES:
+    if num_patches > REID_KPP_MAX_PATCHES:
         raise ValueError(f"KeypointPatchPool: {num_patches} patches; the kernel takes at most "
-                         f"{_KPP_MAX_PATCHES} patches (use a larger patch or smaller out_hw)")
+                         f"{REID_KPP_MAX_PATCHES} patches (use a larger patch or smaller out_hw)")
     if mode not in _KPP_MODES:
         raise ValueError(f"KeypointPatchPool: unknown mode {mode!r}; choose paper, max or "
                          "constant")
@@ -129,7 +115,7 @@ def keypoint_patch_pool(keypoints, crop_hw, frame_valid, out, *, parts=KEYREID_P
     if dst.dtype != kp.dtype:
         raise ValueError(f"KeypointPatchPool: out dtype {dst.dtype} differs from keypoints dtype "
                          f"{kp.dtype}")
-    if _kpp_overlapping(dst):
+    if _overlapping(dst):
         raise ValueError(f"KeypointPatchPool: out has overlapping elements (strides "
                          f"{dst.strides} for shape {dst.shape}); pass a contiguous out")
 

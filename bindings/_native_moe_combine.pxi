@@ -91,7 +91,7 @@ def moe_combine(experts, gate_logits, out, *, softmax=True, stream=0):
     if gate.dtype != ex.dtype or dst.dtype != ex.dtype:
         raise ValueError(f"MoECombine: dtypes differ (experts {ex.dtype}, gate_logits "
                          f"{gate.dtype}, out {dst.dtype}); all three must match")
-    if _kpp_overlapping(dst):
+    if _overlapping(dst):
         raise ValueError(f"MoECombine: out has overlapping elements (strides {dst.strides} for "
                          f"shape {dst.shape}); pass a contiguous out")
     axes = _moe_lead_layout(lead, ex.strides[:-2], gate_lead, gate.strides[:-2],

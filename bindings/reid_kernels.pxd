@@ -11,6 +11,8 @@ cdef extern from "reid_kernels.h" nogil:
     int REID_KPP_MAX_JOINTS
     int REID_KPP_MAX_PARTS
     int REID_KPP_MAX_PART_JOINTS
+    int REID_KPP_MAX_SIDE
+    int REID_KPP_MAX_PATCHES
     int REID_ERROR_INVALID_ARGUMENT
     int REID_ERROR_UNSUPPORTED_SHAPE
 

@@ -37,6 +37,11 @@ extern "C" {
 #define REID_KPP_MAX_JOINTS 32
 #define REID_KPP_MAX_PARTS 16
 #define REID_KPP_MAX_PART_JOINTS 64
+/* Largest crop side of a valid frame and largest out_h / out_w (keeps the bilinear source-index
+   products in int32), and most patches K = (out_h / patch) * (out_w / patch) (K-long arrays live
+   in shared memory). */
+#define REID_KPP_MAX_SIDE 32768
+#define REID_KPP_MAX_PATCHES 2048
 
 /* Error codes of our own, outside the cudaError_t range, for arguments a launcher refuses. */
 #define REID_ERROR_INVALID_ARGUMENT 10001

@@ -17,12 +17,6 @@ namespace reid {
         if (reid_err_ != cudaSuccess) return static_cast<int>(reid_err_); \
     } while (0)
 
-#define REID_RETURN_IF_ERROR(expr)                      \
-    do {                                                \
-        const cudaError_t reid_err_ = (expr);           \
-        if (reid_err_ != cudaSuccess) return static_cast<int>(reid_err_); \
-    } while (0)
-
 // Load any supported storage type as fp32; store fp32 back to storage (round to nearest even).
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -34,7 +28,5 @@ template <> __device__ __forceinline__ __half from_float<__half>(float v) { retu
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
-
-inline int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace reid

@@ -684,16 +684,6 @@ int launch_keypoint_patch_pool(const reid_keypoint_patch_pool_desc* desc, const 
     return 0;
 }
 
-template int launch_keypoint_patch_pool<float>(const reid_keypoint_patch_pool_desc*, const void*,
-                                               const int32_t*, const uint8_t*, void*,
-                                               cudaStream_t);
-template int launch_keypoint_patch_pool<__half>(const reid_keypoint_patch_pool_desc*, const void*,
-                                                const int32_t*, const uint8_t*, void*,
-                                                cudaStream_t);
-template int launch_keypoint_patch_pool<__nv_bfloat16>(const reid_keypoint_patch_pool_desc*,
-                                                       const void*, const int32_t*, const uint8_t*,
-                                                       void*, cudaStream_t);
-
 }  // namespace reid
 
 extern "C" {

@@ -22,10 +22,10 @@ constexpr int kKppSharedBudgetBytes = 40 * 1024;
 // Largest crop side (height or width) of a valid frame and largest out_h / out_w: keeps every
 // bilinear source-index product (2o + 1) * in in int32. A valid frame outside [1, 32768] gives
 // NaN weights (the reference raises).
-constexpr int kKppMaxSide = 32768;
+constexpr int kKppMaxSide = REID_KPP_MAX_SIDE;
 // Most patches K = (out_h / patch) * (out_w / patch): K-long arrays live in shared memory (at
 // least two frames per round fit kKppSharedBudgetBytes).
-constexpr int kKppMaxPatches = 2048;
+constexpr int kKppMaxPatches = REID_KPP_MAX_PATCHES;
 
 // Enqueues weights[B, P, K] = KeypointPatchPool(keypoints, crop_hw, frame_valid) for storage type
 // T (float, __half, __nv_bfloat16) on `stream`. Validates `desc` (returns REID_ERROR_* codes),

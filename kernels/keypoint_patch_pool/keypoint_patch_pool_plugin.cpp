@@ -11,7 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "keypoint_patch_pool/keypoint_patch_pool_kernel.h"
 #include "reid_kernels.h"
 #include "reid_plugin_base.h"
 
@@ -106,8 +105,8 @@ KppAttributes KppAttributes::from_fields(const FieldReader& fields) {
     if (const auto out_hw = fields.ints(kOutHwField)) {
         if (out_hw->size() != 2) fields.fail("field 'out_hw' must be (height, width)");
         for (const int64_t side : *out_hw) {
-            if (side < 1 || side > kKppMaxSide) {
-                fields.fail("field 'out_hw' sides must be in [1, " + std::to_string(kKppMaxSide) +
+            if (side < 1 || side > REID_KPP_MAX_SIDE) {
+                fields.fail("field 'out_hw' sides must be in [1, " + std::to_string(REID_KPP_MAX_SIDE) +
                             "], got " + std::to_string(side));
             }
         }
@@ -115,7 +114,7 @@ KppAttributes KppAttributes::from_fields(const FieldReader& fields) {
         a.out_hw[1] = static_cast<int32_t>((*out_hw)[1]);
     }
     if (const auto patch = fields.int_scalar(kPatchField)) {
-        if (*patch < 1 || *patch > kKppMaxSide) fields.fail("field 'patch' must be >= 1");
+        if (*patch < 1 || *patch > REID_KPP_MAX_SIDE) fields.fail("field 'patch' must be >= 1");
         a.patch = static_cast<int32_t>(*patch);
     }
     if (a.out_hw[0] % a.patch != 0 || a.out_hw[1] % a.patch != 0) {
@@ -123,9 +122,9 @@ KppAttributes KppAttributes::from_fields(const FieldReader& fields) {
                     ") is not a multiple of patch " + std::to_string(a.patch) +
                     "; choose out_hw divisible by patch");
     }
-    if (a.num_patches() > kKppMaxPatches) {
+    if (a.num_patches() > REID_KPP_MAX_PATCHES) {
         fields.fail(std::to_string(a.num_patches()) + " patches; at most " +
-                    std::to_string(kKppMaxPatches) + " (use a larger patch or a smaller out_hw)");
+                    std::to_string(REID_KPP_MAX_PATCHES) + " (use a larger patch or a smaller out_hw)");
     }
     if (const auto vis_thresh = fields.float_scalar(kVisThreshField)) {
         if (!std::isfinite(*vis_thresh)) fields.fail("field 'vis_thresh' must be finite");

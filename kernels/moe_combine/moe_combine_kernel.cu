@@ -710,13 +710,6 @@ int launch_moe_combine(const reid_moe_combine_desc* desc, const void* experts,
     return 0;
 }
 
-template int launch_moe_combine<float>(const reid_moe_combine_desc*, const void*, const void*,
-                                       void*, cudaStream_t);
-template int launch_moe_combine<__half>(const reid_moe_combine_desc*, const void*, const void*,
-                                        void*, cudaStream_t);
-template int launch_moe_combine<__nv_bfloat16>(const reid_moe_combine_desc*, const void*,
-                                               const void*, void*, cudaStream_t);
-
 }  // namespace reid
 
 extern "C" {

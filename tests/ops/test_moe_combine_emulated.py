@@ -143,14 +143,17 @@ def run(lib, experts, gate, softmax=True, out=None):
     return out, lib.emulated_last_launch_vectorised()
 
 
-def bound_for(got, experts, gate, softmax=True):
-    """fp32: 1e-5; 16-bit: twice the error of torch computing the same thing in that dtype."""
+def error_and_bound(got, experts, gate, softmax=True):
+    """Max error of ``got`` against the float64 reference, and its bound: fp32 1e-5 of the output
+    scale; 16-bit twice the error of torch computing the same thing in that dtype."""
     truth = moe_combine(experts.double(), gate.double(), softmax)
+    error = float((got.double() - truth).abs().max())
     if experts.dtype == torch.float32:
-        return 1e-5 * max(1.0, float(truth.abs().max()))
+        return error, 1e-5 * max(1.0, float(truth.abs().max()))
     weights = torch.softmax(gate, dim=-2) if softmax else gate
     torch_error = float((torch.matmul(experts, weights).double() - truth).abs().max())
-    return max(2 * torch_error, float(torch.finfo(experts.dtype).eps) * float(truth.abs().max()))
+    return error, max(2 * torch_error,
+                      float(torch.finfo(experts.dtype).eps) * float(truth.abs().max()))
 
 
 def inputs(lead, channels, num_experts, num_outputs, gate_lead=None, dtype=torch.float32,
@@ -186,8 +189,8 @@ def test_every_vectorised_instantiation(lib, dtype):
             got, path = run(lib, experts, gate)
             assert path == 1, (num_experts, num_outputs)
             assert _ran_instantiation(lib, dtype) == (num_experts, num_outputs)
-            error = max_error(got, experts, gate)
-            assert error <= bound_for(got, experts, gate), (num_experts, num_outputs, error)
+            error, bound = error_and_bound(got, experts, gate)
+            assert error <= bound, (num_experts, num_outputs, error)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=("float32", "bfloat16"))
@@ -206,7 +209,8 @@ def test_persistent_grid_with_many_and_partial_units_per_warp(lib, emulated_devi
         assert path == 1 and _ran_instantiation(lib, dtype) == (num_experts, num_outputs)
         assert lib.emulated_last_launch_grid() == _expected_grid(
             math.prod(lead), channels, dtype, num_experts, num_outputs, device)
-        assert max_error(got, experts, gate, softmax) <= bound_for(got, experts, gate, softmax)
+        error, bound = error_and_bound(got, experts, gate, softmax)
+        assert error <= bound
 
 
 def test_persistent_grid_follows_the_device_limits(lib, emulated_device):
@@ -217,7 +221,8 @@ def test_persistent_grid_follows_the_device_limits(lib, emulated_device):
                          ((3, 233472, 128), 6)):
         emulated_device(*device)
         got, _ = run(lib, experts, gate)
-        assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
+        error, bound = error_and_bound(got, experts, gate)
+        assert error <= bound
         assert lib.emulated_last_launch_grid() == grid == _expected_grid(
             60, 64, torch.float16, 8, 3, device)
 
@@ -286,7 +291,8 @@ def test_many_tiles_and_many_items_per_thread(lib):
                                   ((3,), 4097, torch.float32), ((5,), 320, torch.float16)):
         experts, gate = inputs(lead, channels, 8, 3, dtype=dtype)
         got, _ = run(lib, experts, gate)
-        assert max_error(got, experts, gate) <= bound_for(got, experts, gate)
+        error, bound = error_and_bound(got, experts, gate)
+        assert error <= bound
 
 
 def test_large_logits_stay_finite(lib):
