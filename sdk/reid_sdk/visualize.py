@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from reid_sdk.errors import InputError
+from reid_sdk.preprocess import PIL_FILTERS, check_crop, prepare_crop
 
 __all__ = ["rank_list_picture", "RankListLayout", "MATCH_COLOR", "MISMATCH_COLOR",
            "QUERY_COLOR", "UNKNOWN_COLOR"]
@@ -87,14 +88,7 @@ def _representative(item, what: str):
         item = item[len(item) // 2]
     if isinstance(item, Image.Image):
         return item.convert("RGB")
-    arr = np.asarray(item)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or arr.size == 0 \
-            or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise InputError(f"{what} must be a uint8 HxWx3 (or HxW, HxWx4) image, got shape "
-                         f"{arr.shape} and dtype {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    return Image.fromarray(arr).convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(prepare_crop(check_crop(item, what), "RGB")))
 
 
 def _fit(image, width: int, height: int):
@@ -104,7 +98,7 @@ def _fit(image, width: int, height: int):
     scale = min(width / image.width, height / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     canvas = Image.new("RGB", (width, height), _LETTERBOX)
-    canvas.paste(image.resize(size, Image.Resampling.BILINEAR),
+    canvas.paste(image.resize(size, PIL_FILTERS["bilinear"]),
                  ((width - size[0]) // 2, (height - size[1]) // 2))
     return canvas
 

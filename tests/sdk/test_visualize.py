@@ -96,3 +96,22 @@ def test_bad_input(tmp_path, rng):
         rank_list_picture(queries, gallery, ranked, None, tmp_path / "x.png",
                           gallery_labels=["a"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_grayscale_rgba_and_pil_crops(tmp_path, rng):
+    """Crops in every accepted format are shown as their RGB pixels (preprocess conversions)."""
+    gray_value = int(rng.integers(20, 230))
+    rgba = rng.integers(0, 256, 4).astype(np.uint8)
+    pil_color = tuple(int(v) for v in rng.integers(0, 256, 3))
+    gallery = [np.full((100, 50), gray_value, np.uint8),
+               np.full((100, 50, 1), gray_value, np.uint8),
+               np.broadcast_to(rgba, (100, 50, 4)).copy(),
+               Image.new("RGB", (50, 100), pil_color)]
+    expected = [(gray_value,) * 3, (gray_value,) * 3, tuple(int(v) for v in rgba[:3]), pil_color]
+    ranked = np.arange(4)[None]
+    layout = rank_list_picture([solid((10, 20, 30))], gallery, ranked, None, tmp_path / "f.png",
+                               k=4)
+    image = Image.open(tmp_path / "f.png").convert("RGB")
+    for column, color in enumerate(expected, start=1):
+        t_left, t_top, t_right, t_bottom = layout.tile_box(0, column)
+        assert pixel(image, (t_left + t_right) // 2, (t_top + t_bottom) // 2) == color
