@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from reid_sdk.layout import load_frames, load_keypoints, scan
-from reid_sdk.metrics import evaluate
+from reid_sdk.layout import evaluate_tracklets, load_frames, load_keypoints, scan
 
 # COCO-17 indices.
 L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 5, 6, 7, 8, 9, 10
@@ -116,37 +115,6 @@ FEATURES = {
 }
 
 
-def _cosine_distance(q, g):
-    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    return 1.0 - qn @ gn.T
-
-
-def _euclidean(q, g):
-    return np.linalg.norm(q[:, None] - g[None], axis=-1)
-
-
-def protocol_scores(dist, queries, gallery, protocol):
-    """mAP and Rank-1 with the clothes rule of dataset.json: per query the gallery items of its
-    pid with other clothes (same_clothes) or the same clothes (clothes_changing) are ignored."""
-    aps, firsts = [], []
-    g_pids = np.array([t.pid for t in gallery])
-    g_cams = np.array([t.camid for t in gallery])
-    g_clothes = np.array([t.meta["clothes_id"] for t in gallery])
-    for row, query in enumerate(queries):
-        same = g_pids == query.pid
-        differs = g_clothes != query.meta["clothes_id"]
-        ignored = same & (differs if protocol == "same_clothes" else ~differs)
-        keep = ~ignored
-        if not np.any(keep & same):
-            continue
-        result = evaluate(dist[row:row + 1, keep], [query.pid], g_pids[keep], [query.camid],
-                          g_cams[keep])
-        aps.append(result["mAP"])
-        firsts.append(result["cmc"][0])
-    return float(np.mean(aps)), float(np.mean(firsts))
-
-
 def main(argv=None):
     warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # frames without keypoints
     warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
@@ -172,10 +140,11 @@ def main(argv=None):
     for name, (source, feature) in FEATURES.items():
         vectors = np.stack([feature(item) for item in data[source]])
         q, g = vectors[:len(queries)], vectors[len(queries):]
-        dist = _cosine_distance(q, g) if source == "frames" else _euclidean(q, g)
-        sc = protocol_scores(dist, queries, gallery, "same_clothes")
-        cc = protocol_scores(dist, queries, gallery, "clothes_changing")
-        print(f"{name:18s} {sc[0]:7.3f} {sc[1]:6.3f} {cc[0]:7.3f} {cc[1]:6.3f}")
+        metric = "cosine" if source == "frames" else "euclidean"
+        scores = evaluate_tracklets(queries, q, gallery, g, metric)
+        sc, cc = scores["same_clothes"], scores["clothes_changing"]
+        print(f"{name:18s} {sc['mAP']:7.3f} {sc['Rank-1']:6.3f} {cc['mAP']:7.3f} "
+              f"{cc['Rank-1']:6.3f}")
     return 0
 
 
