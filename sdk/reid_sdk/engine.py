@@ -138,6 +138,13 @@ class Engine:
     def embedding_dim(self) -> int:
         return self.spec.embedding_dim
 
+    @property
+    def providers(self) -> list[str]:
+        """What actually runs the graph: the ONNX Runtime execution providers in use, in order
+        (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``), or ``["TensorRT <version>"]``
+        for a TensorRT engine. Cheap, unlike :meth:`info`, which hashes the engine file."""
+        return list(self._backend.providers)
+
     def info(self) -> dict:
         """What this engine is and how it runs: path, backend, providers in use, device, a spec
         summary, graph inputs / outputs with shapes (None = dynamic), batch range, sha256 of the
@@ -149,7 +156,7 @@ class Engine:
         return {
             "path": backend.path,
             "backend": backend.name,
-            "providers": list(backend.providers),
+            "providers": self.providers,
             "device": backend.device,
             "spec": {
                 "arch": spec.arch, "preset": spec.data.get("preset"),
@@ -171,7 +178,7 @@ class Engine:
 
     def __repr__(self) -> str:
         return (f"Engine({self._backend.path!r}, backend={self._backend.name!r}, "
-                f"providers={list(self._backend.providers)}, spec={self.spec!r})")
+                f"providers={self.providers}, spec={self.spec!r})")
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, tracklets, *, keypoints=None, camera=None, color: str = "RGB",
