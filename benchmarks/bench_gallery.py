@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 import tracemalloc
 from typing import Sequence
 
 import numpy as np
 
+from bench_engine import best_time
 from reid_sdk.gallery import Gallery
 
 DEFAULT_CASES = ("1x1000000", "1000x100000")
@@ -70,15 +70,6 @@ def numpy_topk(queries: np.ndarray, embeddings: np.ndarray, k: int):
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def traced_peak(fn) -> int:
     gc.collect()
     tracemalloc.start()
@@ -112,8 +103,8 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> list[dict]:
         np_positions, np_scores = numpy_search()
         same_ids = float(np.mean(sdk_ids == gallery.ids[np_positions]))
         max_score_diff = float(np.abs(sdk_scores - np_scores).max())
-        sdk_s = best_time(sdk_search, args.repeats)
-        numpy_s = best_time(numpy_search, args.repeats)
+        sdk_s, _ = best_time(sdk_search, args.repeats)
+        numpy_s, _ = best_time(numpy_search, args.repeats)
         results.append({
             "case": f"{num_queries}x{size}", "queries": num_queries, "gallery": size,
             "dim": args.dim, "k": args.k, "metric": "cosine", "chunk_size": gallery.chunk_size or "auto",
