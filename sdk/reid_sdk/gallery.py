@@ -114,7 +114,9 @@ class Gallery:
         self.chunk_size = None if chunk_size is None else _positive_int(chunk_size, "chunk_size")
         self._count = 0
         self._embeddings = np.empty((0, self._dim), dtype=np.float32)
-        self._sq_norms = np.empty(0, dtype=np.float32)
+        # squared norms of the stored rows for the euclidean metrics; the cosine search does not
+        # use them, so a cosine gallery keeps none
+        self._sq_norms = None if metric == "cosine" else np.empty(0, dtype=np.float32)
         self._cameras = np.empty(0, dtype=np.int64)
         self._ids = None              # numpy int64 or unicode array, capacity-sized
         self._meta: list = []
@@ -182,7 +184,8 @@ class Gallery:
             new[:self._count] = arr[:self._count]
             return new
         self._embeddings = grown(self._embeddings, (capacity, self._dim))
-        self._sq_norms = grown(self._sq_norms, (capacity,))
+        if self._sq_norms is not None:
+            self._sq_norms = grown(self._sq_norms, (capacity,))
         self._cameras = grown(self._cameras, (capacity,))
         if self._ids is not None:
             self._ids = grown(self._ids, (capacity,))
@@ -230,20 +233,20 @@ class Gallery:
                              "check the embedding step")
         return arr
 
-    def _prepare(self, vectors: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors as stored / searched (normalised for cosine) and their squared norms."""
+    def _prepare(self, vectors: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors as stored / searched (normalised for cosine) and their squared norms [N],
+        or None for cosine, whose search does not use them."""
         sq_norms = np.einsum("nd,nd->n", vectors, vectors)
         if not np.isfinite(sq_norms).all():
             raise InputError(f"{name} have values so large that their squared norm overflows "
                              "float32; rescale them")
-        if self._metric == "cosine":
-            zero = sq_norms == 0
-            if zero.any():
-                raise InputError(f"{name} rows {_preview(np.flatnonzero(zero))} are all zero: "
-                                 "they have no direction for the cosine metric")
-            vectors = vectors / np.sqrt(sq_norms)[:, None]
-            sq_norms = np.einsum("nd,nd->n", vectors, vectors)
-        return vectors, sq_norms
+        if self._metric != "cosine":
+            return vectors, sq_norms
+        zero = sq_norms == 0
+        if zero.any():
+            raise InputError(f"{name} rows {_preview(np.flatnonzero(zero))} are all zero: "
+                             "they have no direction for the cosine metric")
+        return vectors / np.sqrt(sq_norms)[:, None], None
 
     def add(self, ids: Sequence, embeddings, cameras: Sequence[int] | None = None,
             meta: Sequence[Any] | None = None) -> None:
@@ -298,7 +301,8 @@ class Gallery:
         if end > self._embeddings.shape[0]:
             self._grow_to(max(end, int(self._embeddings.shape[0] * 1.5) + 16))
         self._embeddings[self._count:end] = vectors
-        self._sq_norms[self._count:end] = sq_norms
+        if self._sq_norms is not None:
+            self._sq_norms[self._count:end] = sq_norms
         self._cameras[self._count:end] = camera_arr
         self._ids[self._count:end] = new_ids
         self._meta.extend(meta_list)
@@ -319,7 +323,8 @@ class Gallery:
         keep[[self._position[v] for v in id_list]] = False
         kept = int(keep.sum())
         for arr in (self._embeddings, self._sq_norms, self._cameras, self._ids):
-            arr[:kept] = arr[:self._count][keep]
+            if arr is not None:
+                arr[:kept] = arr[:self._count][keep]
         self._meta = [m for m, k in zip(self._meta, keep) if k]
         self._count = kept
         self._position = {value: row for row, value in enumerate(self._ids[:kept].tolist())}
@@ -336,9 +341,10 @@ class Gallery:
         k = _positive_int(k, "k")
         vectors = self._validate_embeddings(queries, "queries")
         vectors, _ = self._prepare(vectors, "queries")
+        sq_norms = None if self._sq_norms is None else self._sq_norms[:self._count]
         positions, scores = _ranking.topk_search(
-            vectors, self._embeddings[:self._count], k, self._metric,
-            self._sq_norms[:self._count], chunk_size=self.chunk_size)
+            vectors, self._embeddings[:self._count], k, self._metric, sq_norms,
+            chunk_size=self.chunk_size)
         ids = self._ids[:self._count] if self._ids is not None else np.empty(0, np.int64)
         return ids[positions], scores
 
@@ -420,12 +426,12 @@ class Gallery:
             raise GalleryError(f"{path}: header meta does not have one entry per item; rebuild "
                                "the gallery")
         gallery = cls(dim, header["metric"], chunk_size=chunk_size)
-        gallery.reserve(count)
         if count:
-            gallery._ids = ids
-            gallery._embeddings[:count] = embeddings
-            gallery._sq_norms[:count] = np.einsum("nd,nd->n", embeddings, embeddings)
-            gallery._cameras[:count] = cameras
+            # the loaded arrays are fresh and contiguous: they become the storage (capacity =
+            # count) rather than being copied into a second buffer; add() grows it as usual
+            gallery._embeddings, gallery._cameras, gallery._ids = embeddings, cameras, ids
+            if gallery._sq_norms is not None:
+                gallery._sq_norms = np.einsum("nd,nd->n", embeddings, embeddings)
             gallery._meta = list(header["meta"]) if header["meta"] is not None else [None] * count
             gallery._position = {value: row for row, value in enumerate(ids.tolist())}
             if len(gallery._position) != count:

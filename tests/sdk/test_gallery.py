@@ -438,3 +438,45 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, rng, monkeypatch,
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["g.gallery"], "the temporary file was left behind"
     assert Gallery.load(path).ids.tolist() == old.ids.tolist()
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_loaded_gallery_grows_removes_and_searches(tmp_path, rng, metric):
+    """A loaded gallery's storage is exactly full; adding grows it, and search stays exact."""
+    first, second = exact_data(rng, metric, 25, 25)
+    gallery = Gallery(first.shape[1], metric, chunk_size=6)
+    gallery.add(np.arange(25), first, cameras=np.arange(25) % 3)
+    gallery.save(tmp_path / "g.gallery")
+    loaded = Gallery.load(tmp_path / "g.gallery", chunk_size=6)
+    loaded.add(np.arange(100, 125), second)
+    loaded.remove([3, 104, 7])
+    loaded.add([500], second[:1])
+    all_ids = np.r_[np.arange(25), np.arange(100, 125), [500]]
+    all_vectors = np.concatenate([first, second, second[:1]])
+    keep = ~np.isin(all_ids, [3, 104, 7])
+    assert loaded.ids.tolist() == all_ids[keep].tolist()
+    cams = np.r_[np.arange(25) % 3, np.full(26, -1)]
+    assert loaded.cameras.tolist() == cams[keep].tolist()
+    queries = exact_data(rng, metric, 5, 1)[0]
+    ids, scores = loaded.search(queries, k=15)
+    order, ref_scores, _ = brute_force(queries, all_vectors[keep], 15, metric)
+    np.testing.assert_array_equal(ids, all_ids[keep][order])
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_load_does_not_copy_the_embeddings(tmp_path, rng):
+    """Loading holds one [N, D] buffer (plus bounded read chunks), not a second copy."""
+    count, dim = 200_000, 64
+    gallery = Gallery(dim, "euclidean")
+    gallery.add(np.arange(count), rng.normal(size=(count, dim)).astype(np.float32))
+    gallery.save(tmp_path / "big.gallery")
+    del gallery
+    tracemalloc.start()
+    try:
+        loaded = Gallery.load(tmp_path / "big.gallery")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(loaded) == count
+    embedding_bytes = count * dim * 4
+    assert peak < 2 * embedding_bytes, f"load peaked at {peak} bytes for {embedding_bytes}"
