@@ -253,6 +253,16 @@ def random_keypoints(rng, tracklet, joints=17):
     return out
 
 
+def keyreid_inputs(rng, lengths, num_cameras=6):
+    """Inputs of a KeyRe-ID-like engine (:func:`keyreid_like_spec` has 6 cameras): tracklets of
+    :func:`random_tracklets`, their :func:`random_keypoints` and one camera per tracklet (int64
+    [N], drawn from 0..num_cameras-1)."""
+    tracklets = random_tracklets(rng, lengths)
+    keypoints = [random_keypoints(rng, t) for t in tracklets]
+    cameras = rng.integers(0, num_cameras, size=len(lengths))
+    return tracklets, keypoints, cameras
+
+
 # -- official references --------------------------------------------------------------------------
 def official_hamobe_clips(n, seq_len, stride):
     """Frame indices of each test clip, following _recombination_for_testset's loops."""

@@ -71,13 +71,6 @@ def manual_embed(path, tracklets, keypoints=None, cameras=None, per_clip=False):
     return np.concatenate(results) if per_clip else np.stack(results)
 
 
-def keyreid_inputs(rng, lengths):
-    tracklets = fx.random_tracklets(rng, lengths)
-    keypoints = [fx.random_keypoints(rng, t) for t in tracklets]
-    cameras = rng.integers(0, 6, size=len(lengths))
-    return tracklets, keypoints, cameras
-
-
 # -- equality with the official protocol ---------------------------------------------------------
 def test_hamobe_embed_equals_manual_official_pipeline(models, rng):
     tracklets = fx.random_tracklets(rng, HAMOBE_LENGTHS)
@@ -89,7 +82,7 @@ def test_hamobe_embed_equals_manual_official_pipeline(models, rng):
 
 
 def test_keyreid_embed_equals_manual_official_pipeline(models, rng):
-    tracklets, keypoints, cameras = keyreid_inputs(rng, KEYREID_LENGTHS)
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, KEYREID_LENGTHS)
     engine = reid_sdk.Engine(models["keyreid"])
     emb = engine.embed(tracklets, keypoints=keypoints, camera=cameras)
     expect = manual_embed(models["keyreid"], tracklets, keypoints, cameras)
@@ -98,7 +91,7 @@ def test_keyreid_embed_equals_manual_official_pipeline(models, rng):
 
 
 def test_embed_clips_exposes_the_clip_level(models, rng):
-    tracklets, keypoints, cameras = keyreid_inputs(rng, [5, 170, 2])
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, [5, 170, 2])
     engine = reid_sdk.Engine(models["keyreid"])
     clips = engine.embed_clips(tracklets, keypoints=keypoints, camera=cameras)
     assert clips.num_tracklets == 3
@@ -112,7 +105,7 @@ def test_embed_clips_exposes_the_clip_level(models, rng):
 
 def test_every_keyreid_input_reaches_the_output(models, rng):
     """The fixture graph reads every extra input, so a dropped or mis-fed input shows."""
-    tracklets, keypoints, cameras = keyreid_inputs(rng, [6, 9])
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, [6, 9])
     engine = reid_sdk.Engine(models["keyreid"])
     base = engine.embed(tracklets, keypoints=keypoints, camera=cameras)
     moved = [k + 3.0 for k in keypoints]
@@ -177,7 +170,7 @@ def test_array_input_equals_list_input(models, rng):
 
 def test_threads_share_one_engine(models, rng):
     engine = reid_sdk.Engine(models["keyreid"], max_batch=4)
-    jobs = [keyreid_inputs(rng, rng.integers(1, 30, size=3)) for _ in range(8)]
+    jobs = [fx.keyreid_inputs(rng, rng.integers(1, 30, size=3)) for _ in range(8)]
     fx.assert_threads_match_sequential(
         lambda job: engine.embed(job[0], keypoints=job[1], camera=job[2]), jobs, rounds=3)
 
@@ -223,7 +216,7 @@ def test_bad_crops_and_tracklets(models, rng, make_input, match):
 
 def test_bad_keypoints(models, rng):
     engine = reid_sdk.Engine(models["keyreid"])
-    tracklets, keypoints, cameras = keyreid_inputs(rng, [5, 7])
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, [5, 7])
     nan = [k.copy() for k in keypoints]
     nan[1][3, 4, 0] = np.nan
     inf = [k.copy() for k in keypoints]
@@ -257,7 +250,7 @@ def test_bad_keypoints(models, rng):
 
 def test_bad_cameras_and_the_unseen_camera_row(models, rng):
     engine = reid_sdk.Engine(models["keyreid"])
-    tracklets, keypoints, _ = keyreid_inputs(rng, [5, 7])
+    tracklets, keypoints, _ = fx.keyreid_inputs(rng, [5, 7])
     for bad, match in [(6, "camera 6 of tracklet 0 is out of range.*0..5"),
                        (-1, "out of range"), ([0, 9], "camera 9 of tracklet 1"),
                        (True, "out of range"), ([0], "1 cameras for 2 tracklets"),
@@ -477,7 +470,7 @@ def assert_close_rows(got, want, min_cosine=0.99999, atol=5e-3):
 
 @pytest.mark.cuda_ep
 def test_cuda_ep_matches_cpu(models, rng):
-    tracklets, keypoints, cameras = keyreid_inputs(rng, KEYREID_LENGTHS)
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, KEYREID_LENGTHS)
     gpu = reid_sdk.Engine(models["keyreid"], providers=["CUDAExecutionProvider",
                                                          "CPUExecutionProvider"])
     assert gpu.info()["providers"][0] == "CUDAExecutionProvider"

@@ -359,10 +359,9 @@ def test_simulated_tensorrt_engine_equals_onnxruntime(tmp_path, rng, simulated_t
     info = engine.info()
     assert info["backend"] == "tensorrt" and (info["min_batch"], info["max_batch"]) == (1, 6)
     assert info["sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
-    tracklets = fx.random_tracklets(rng, [1, 5, 30, 170])
-    keypoints = [fx.random_keypoints(rng, t) for t in tracklets]
-    got = engine.embed(tracklets, keypoints=keypoints, camera=[0, 5, 2, 3])
-    want = reid_sdk.Engine(onnx_path).embed(tracklets, keypoints=keypoints, camera=[0, 5, 2, 3])
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, [1, 5, 30, 170])
+    got = engine.embed(tracklets, keypoints=keypoints, camera=cameras)
+    want = reid_sdk.Engine(onnx_path).embed(tracklets, keypoints=keypoints, camera=cameras)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # a second engine in the same process does not load the plugin library again
     reid_sdk.Engine(plan, max_batch=4)
@@ -433,11 +432,8 @@ def test_real_tensorrt_engine_equals_onnxruntime(tmp_path, rng, arch):
     plan = build_real_engine(onnx_path, tmp_path / f"{arch}.plan", spec)
     engine = reid_sdk.Engine(plan)
     assert engine.info()["max_batch"] == 8
-    tracklets = fx.random_tracklets(rng, [1, 9, 40, 170])
-    kwargs = {}
-    if arch == "keyreid":
-        kwargs = {"keypoints": [fx.random_keypoints(rng, t) for t in tracklets],
-                  "camera": [0, 1, 2, 3]}
+    tracklets, keypoints, cameras = fx.keyreid_inputs(rng, [1, 9, 40, 170])
+    kwargs = {"keypoints": keypoints, "camera": cameras} if arch == "keyreid" else {}
     np.testing.assert_allclose(engine.embed(tracklets, **kwargs),
                                reid_sdk.Engine(onnx_path).embed(tracklets, **kwargs),
                                rtol=1e-3, atol=1e-3)
