@@ -99,10 +99,14 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) ->
     "num_valid_queries": int, "num_skipped_queries": int}. Raises InputError on shape or dtype
     mismatch, NaN, or when no query has a true match.
     """
+    return _evaluate_validated(*_validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank),
+                               max_rank)
+
+
+def _evaluate_validated(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int) -> dict:
+    """:func:`evaluate` on inputs that :func:`_validate` returned."""
     from reid_sdk import _ranking
 
-    dist, q_pids, g_pids, q_camids, g_camids = _validate(distmat, q_pids, g_pids, q_camids,
-                                                         g_camids, max_rank)
     first_rank, ap, inp = _ranking.retrieval_ranks(dist, q_pids, g_pids, q_camids, g_camids)
     return _summarise(first_rank, ap, inp, max_rank, dist.shape[1])
 
@@ -228,11 +232,12 @@ def evaluate_protocols(distmat, q_pids, g_pids, q_camids, g_camids, q_outfits=No
     """
     from reid_sdk import _ranking
 
-    results = {"standard": evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)}
-    if q_outfits is None or g_outfits is None:
-        return results
     dist, q_pids, g_pids, q_camids, g_camids = _validate(distmat, q_pids, g_pids, q_camids,
                                                          g_camids, max_rank)
+    results = {"standard": _evaluate_validated(dist, q_pids, g_pids, q_camids, g_camids,
+                                               max_rank)}
+    if q_outfits is None or g_outfits is None:
+        return results
     q_outfits = _as_ids(q_outfits, dist.shape[0], "q_outfits", "one outfit id per query")
     g_outfits = _as_ids(g_outfits, dist.shape[1], "g_outfits", "one outfit id per gallery item")
     same_pid = q_pids[:, None] == g_pids[None, :]

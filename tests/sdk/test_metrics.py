@@ -4,19 +4,22 @@ import numpy as np
 import pytest
 
 from reid_sdk.errors import InputError
-from reid_sdk.metrics import (cmc_summary, distance_matrix, evaluate, evaluate_py, rank_lists,
-                              similarity_to_distance)
+import reid_sdk.metrics
+from reid_sdk.metrics import (cmc_summary, distance_matrix, evaluate, evaluate_protocols,
+                              evaluate_py, rank_lists, similarity_to_distance)
 
 
-def literal_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """The protocol written out with Python lists, one query at a time."""
+def literal_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, removed=None):
+    """The protocol written out with Python lists, one query at a time; ``removed[q][j]`` drops
+    gallery item j for query q before ranking (the clothes protocols)."""
     num_queries, num_gallery = len(distmat), len(distmat[0])
     max_rank = min(max_rank, num_gallery)
     cmc_hits = [0] * max_rank
     aps, inps, valid = [], [], 0
     for q in range(num_queries):
         ranked = sorted(range(num_gallery), key=lambda j: (float(distmat[q][j]), j))
-        kept = [j for j in ranked if not (g_pids[j] == q_pids[q] and g_camids[j] == q_camids[q])]
+        kept = [j for j in ranked if not (g_pids[j] == q_pids[q] and g_camids[j] == q_camids[q])
+                and not (removed and removed[q][j])]
         hits = [g_pids[j] == q_pids[q] for j in kept]
         if not any(hits):
             continue
@@ -177,3 +180,25 @@ def test_rank_lists_drop_junk_and_mark_matches(rng):
     kept_counts = [sum(not (g_pids[j] == q_pids[q] and g_camids[j] == q_camids[q])
                        for j in range(3)) for q in range(9)]
     assert narrow.shape == (9, min(kept_counts))
+
+
+def test_clothes_protocols_against_the_literal_loop(rng, monkeypatch):
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 30, 150, 12, 3, np.float64,
+                                                                 0.1)
+    q_outfits, g_outfits = rng.integers(0, 3, 30), rng.integers(0, 3, 150)
+    validations = []
+    validate = reid_sdk.metrics._validate
+    monkeypatch.setattr(reid_sdk.metrics, "_validate",
+                        lambda *args: validations.append(1) or validate(*args))
+    results = evaluate_protocols(distmat, q_pids, g_pids, q_camids, g_camids, q_outfits,
+                                 g_outfits, max_rank=20)
+    assert len(validations) == 1                 # the inputs are checked once for all protocols
+    problem = [p.tolist() for p in (distmat, q_pids, g_pids, q_camids, g_camids)]
+    assert_same_result(results["standard"], literal_evaluate(*problem, max_rank=20))
+    same_pid = q_pids[:, None] == g_pids[None, :]
+    same_outfit = q_outfits[:, None] == g_outfits[None, :]
+    for name, removed in (("same_clothes", same_pid & ~same_outfit),
+                          ("clothes_changing", same_pid & same_outfit)):
+        assert_same_result(results[name], literal_evaluate(*problem, max_rank=20,
+                                                           removed=removed.tolist()))
+    assert set(evaluate_protocols(distmat, q_pids, g_pids, q_camids, g_camids)) == {"standard"}
