@@ -39,15 +39,11 @@ def torch_reference(onnx_path: str, device: int):
 
 
 def export_random(arch: str, preset: str, out_dir: Path, backbone_dtype: str | None) -> Path:
-    import torch
-
     from reid_export import models
     from reid_export.onnx_export import export_onnx
 
-    torch.manual_seed(0)
     overrides = {"backbone_dtype": backbone_dtype} if arch == "hamobe" and backbone_dtype else {}
-    model = models.create(arch, preset=preset, **overrides)
-    model.reid_source = {"random_seed": 0, "checkpoint_sha256": None}
+    model = models.create_random(arch, preset=preset, seed=0, **overrides)
     path = out_dir / f"{arch}_{preset}.onnx"
     start = time.perf_counter()
     export_onnx(model, path)

@@ -20,8 +20,6 @@ from pathlib import Path
 
 def _model_from_args(args, spec=None):
     """The PyTorch model the command works on: a checkpoint, or seeded random weights."""
-    import torch
-
     from reid_export import models
 
     dtype = getattr(args, "backbone_dtype", None)
@@ -37,9 +35,8 @@ def _model_from_args(args, spec=None):
     else:
         if args.arch is None:
             raise SystemExit("reid-export: --random needs --arch")
-        torch.manual_seed(args.seed)
-        model = models.create(args.arch, preset=args.preset or "official", **overrides)
-        model.reid_source = {"random_seed": args.seed, "checkpoint_sha256": None}
+        model = models.create_random(args.arch, preset=args.preset or "official",
+                                     seed=args.seed, **overrides)
     return model
 
 

@@ -80,9 +80,8 @@ def model_from_spec(spec) -> torch.nn.Module:
     unseen = config.get("unseen_camera_index")
     if unseen is not None:  # rebuild the trained rows; the mean row is appended below
         config.update(cameras=unseen, unseen_camera_index=None)
-    torch.manual_seed(seed)
-    model = models.arch_module(arch).build(**config)
-    model.reid_source = {"random_seed": seed, "checkpoint_sha256": None}
+    # model_config holds every field of the config, so the preset is only a starting point.
+    model = models.create_random(arch, seed=seed, **config)
     if unseen is not None:
         from reid_export.models.keyreid import add_unseen_camera_row
         add_unseen_camera_row(model)

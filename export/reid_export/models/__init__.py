@@ -2,6 +2,7 @@
 
     from reid_export import models
     model = models.create("hamobe", preset="tiny")          # random weights
+    model = models.create_random("keyreid", seed=3)         # seeded, stamped for export
     model = models.load_checkpoint("best_model.pth.tar", backbone_path="ViT-L-14.pt")
 
 Each architecture module (``hamobe``, ``keyreid``) provides:
@@ -45,6 +46,19 @@ def create(arch: str, preset: str = "official", **overrides):
     return module.build(**config)
 
 
+def create_random(arch: str, preset: str = "tiny", seed: int = 0, **overrides):
+    """:func:`create` with the global torch RNG seeded with ``seed`` first, so the same call
+    gives the same weights; the model (eval mode) is stamped ``model.reid_source =
+    {"random_seed": seed, "checkpoint_sha256": None}``, which goes into the engine spec's
+    ``source`` on export and lets ``reid-export validate --random`` rebuild it."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = create(arch, preset=preset, **overrides)
+    model.reid_source = {"random_seed": seed, "checkpoint_sha256": None}
+    return model
+
+
 def load_checkpoint(path, arch=None, preset=None, **kwargs):
     """Load a checkpoint (official container, raw state_dict, or ours in safetensors) into a
     model; see :func:`reid_export.models.checkpoint.load_checkpoint`."""
@@ -52,4 +66,4 @@ def load_checkpoint(path, arch=None, preset=None, **kwargs):
     return _load(path, arch=arch, preset=preset, **kwargs)
 
 
-__all__ = ["ARCHS", "arch_module", "create", "load_checkpoint"]
+__all__ = ["ARCHS", "arch_module", "create", "create_random", "load_checkpoint"]
