@@ -20,6 +20,7 @@ from typing import Mapping, Tuple
 import numpy as np
 
 from reid_sdk.errors import InputError, SpecError
+from reid_sdk.spec import CLIP_PADDINGS
 
 ClipPlan = Tuple[np.ndarray, np.ndarray]  # (frame_index [C, T] int64, frame_valid [C, T] bool)
 
@@ -103,7 +104,7 @@ def plan_clips(clips_spec: Mapping, n: int) -> ClipPlan:
     if policy == "hamobe_recombination":
         return hamobe_recombination(n, clips_spec["seq_len"], clips_spec["stride"])
     if policy == "consecutive_chunks":
-        if clips_spec.get("pad", "loop") != "loop":
+        if clips_spec.get("pad", "loop") not in CLIP_PADDINGS:
             raise SpecError(f"clip padding {clips_spec['pad']!r} is unknown to this reid-sdk "
                             "(it loop-pads); upgrade reid-sdk or re-export the model")
         return consecutive_chunks(n, clips_spec["seq_len"], clips_spec.get("max_clips"))

@@ -39,6 +39,7 @@ METADATA_KEY = "reid_sdk.spec"
 
 ARCHS = ("hamobe", "keyreid")
 CLIP_POLICIES = ("hamobe_recombination", "consecutive_chunks")
+CLIP_PADDINGS = ("loop",)  # how a clip short of seq_len frames is filled (clips.pad)
 RESIZE_POLICIES = ("pad_to_square", "stretch")
 INTERPOLATIONS = ("bicubic", "bilinear")
 AGGREGATES = ("mean", "max")
@@ -195,6 +196,9 @@ class EngineSpec:
         clips = _get(d, "clips", Mapping, "")
         policy = _get(clips, "policy", str, "clips")
         _require(policy in CLIP_POLICIES, f"clips.policy {policy!r} is not one of {CLIP_POLICIES}")
+        pad = clips.get("pad", "loop")
+        _require(pad in CLIP_PADDINGS, f"clips.pad {pad!r} is not one of {CLIP_PADDINGS}, the "
+                 "clip padding this reid-sdk knows (upgrade reid-sdk if the exporter is newer)")
         _require(_get(clips, "seq_len", int, "clips") == d["frames_per_clip"],
                  "clips.seq_len must equal frames_per_clip")
         if policy == "hamobe_recombination":

@@ -12,7 +12,9 @@ import engine_fixtures as fx  # noqa: E402
 
 from reid_sdk.clips import (aggregate_clips, consecutive_chunks, hamobe_recombination,  # noqa: E402
                             l2_normalize, plan_clips)
+from reid_sdk.engine import Engine  # noqa: E402
 from reid_sdk.errors import InputError, SpecError  # noqa: E402
+from reid_sdk.spec import EngineSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("seq_len,stride", [(8, 4), (16, 2), (4, 2), (8, 1), (3, 5)])
@@ -71,6 +73,23 @@ def test_plan_clips_dispatches_on_policy():
         plan_clips({"policy": "random", "seq_len": 4}, 5)
     with pytest.raises(SpecError, match="clip padding 'zeros'"):
         plan_clips({**keyreid, "pad": "zeros"}, 5)
+
+
+def test_unknown_clip_padding_is_refused_when_the_spec_is_parsed(tmp_path):
+    spec = fx.keyreid_like_spec()
+    assert spec["clips"]["pad"] == "loop"
+    EngineSpec(spec)                                     # the fixture's own spec is fine
+    bad = {**spec, "clips": {**spec["clips"], "pad": "zeros"}}
+    with pytest.raises(SpecError, match=r"clips\.pad 'zeros' is not one of \('loop',\)"):
+        EngineSpec(bad)
+    # an engine file carrying that spec is refused on open, before anything is embedded
+    path = fx.build_keyreid_like(tmp_path / "zeros_pad.onnx", bad)
+    with pytest.raises(SpecError, match=r"clips\.pad 'zeros'"):
+        Engine(path)
+    hamobe = fx.hamobe_like_spec()
+    with pytest.raises(SpecError, match=r"clips\.pad 'wrap'"):
+        EngineSpec({**hamobe, "clips": {**hamobe["clips"], "pad": "wrap"}})
+    EngineSpec({**hamobe, "clips": {**hamobe["clips"], "pad": "loop"}})
 
 
 @pytest.mark.parametrize("bad", [0, -3])
