@@ -110,6 +110,22 @@ __device__ __forceinline__ float heat_at(int y, int x, const KppJoint* joints, u
     return nearest == kNoJoint ? 0.f : exp2f(frame.exp2_scale * static_cast<float>(nearest));
 }
 
+// Drawn joints (bits of `drawn`) whose window meets the box of rows [y0, y1] x columns [x0, x1].
+__device__ __forceinline__ uint64_t windows_meeting(const KppJoint* joints, uint64_t drawn,
+                                                    const KppFrame& frame, int y0, int y1, int x0,
+                                                    int x1) {
+    uint64_t meeting = 0;
+    for (uint64_t mask = drawn; mask; mask &= mask - 1) {
+        const int slot = __ffsll(static_cast<long long>(mask)) - 1;
+        const KppJoint joint = joints[slot];
+        if (joint.y + frame.radius >= y0 && joint.y - frame.radius <= y1 &&
+            joint.x + frame.radius >= x0 && joint.x - frame.radius <= x1) {
+            meeting |= uint64_t{1} << slot;
+        }
+    }
+    return meeting;
+}
+
 // Drawn joints whose window meets the source rows and columns patch `k` samples (a superset of
 // the joints that reach its pixels: the taps of its rows lie between the first row's low tap
 // and the last row's high tap).
@@ -123,16 +139,7 @@ __device__ __forceinline__ uint64_t patch_joints(int k, const reid_keypoint_patc
     const int y_high = bilinear_tap(row + desc.patch - 1, frame.height, desc.out_h).high;
     const int x_low = bilinear_tap(col, frame.width, desc.out_w).low;
     const int x_high = bilinear_tap(col + desc.patch - 1, frame.width, desc.out_w).high;
-    uint64_t relevant = 0;
-    for (uint64_t mask = drawn; mask; mask &= mask - 1) {
-        const int slot = __ffsll(static_cast<long long>(mask)) - 1;
-        const KppJoint joint = joints[slot];
-        if (joint.y + frame.radius >= y_low && joint.y - frame.radius <= y_high &&
-            joint.x + frame.radius >= x_low && joint.x - frame.radius <= x_high) {
-            relevant |= uint64_t{1} << slot;
-        }
-    }
-    return relevant;
+    return windows_meeting(joints, drawn, frame, y_low, y_high, x_low, x_high);
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -359,15 +366,8 @@ __device__ void scan_box(int e, int num_slots, KppRoundShared& sh) {
     const int x0 = max(centre.x - half, 0);
     const int x1 = min(centre.x + half, frame.width - 1);
     if (y1 < y0 || x1 < x0) return;
-    uint64_t covering = 0;  // only windows that meet the box reach its pixels
-    for (uint64_t mask = sh.drawn[g]; mask; mask &= mask - 1) {
-        const int slot = __ffsll(static_cast<long long>(mask)) - 1;
-        const KppJoint joint = joints[slot];
-        if (joint.y + frame.radius >= y0 && joint.y - frame.radius <= y1 &&
-            joint.x + frame.radius >= x0 && joint.x - frame.radius <= x1) {
-            covering |= uint64_t{1} << slot;
-        }
-    }
+    // Only windows that meet the box reach its pixels.
+    const uint64_t covering = windows_meeting(joints, sh.drawn[g], frame, y0, y1, x0, x1);
     const int box_w = x1 - x0 + 1;
     const int box_area = box_w * (y1 - y0 + 1);
     float best = 0.f;
