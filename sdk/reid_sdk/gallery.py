@@ -45,7 +45,7 @@ import numpy as np
 from reid_sdk import _ranking
 from reid_sdk._atomic import atomic_write
 from reid_sdk.errors import GalleryError, InputError
-from reid_sdk.metrics import DISTANCE_METRICS
+from reid_sdk.spec import METRICS
 
 __all__ = ["Gallery", "FILE_FORMAT", "FILE_VERSION"]
 
@@ -107,8 +107,8 @@ class Gallery:
 
     def __init__(self, dim: int, metric: str = "cosine", *, chunk_size: int | None = None):
         self._dim = _positive_int(dim, "dim", " (the embedding size)")
-        if metric not in DISTANCE_METRICS:
-            raise InputError(f"metric {metric!r} is not one of {DISTANCE_METRICS}; use the "
+        if metric not in METRICS:
+            raise InputError(f"metric {metric!r} is not one of {METRICS}; use the "
                              "engine's spec.metric")
         self._metric = metric
         self.chunk_size = None if chunk_size is None else _positive_int(chunk_size, "chunk_size")
@@ -482,7 +482,7 @@ def _parse_header(raw: bytes, path: Path) -> dict:
     for key, typ in fields.items():
         if not isinstance(header.get(key), typ) or isinstance(header.get(key), bool):
             raise GalleryError(f"{path}: header field {key!r} is missing or not {typ.__name__}")
-    if header["metric"] not in DISTANCE_METRICS or header["id_kind"] not in ("int", "str") \
+    if header["metric"] not in METRICS or header["id_kind"] not in ("int", "str") \
             or header["dim"] < 1 or header["count"] < 0 or "meta" not in header:
         raise GalleryError(f"{path}: header has invalid values; rebuild the gallery")
     return header

@@ -25,11 +25,10 @@ from typing import Sequence
 import numpy as np
 
 from reid_sdk.errors import InputError
+from reid_sdk.spec import METRICS
 
 __all__ = ["evaluate", "evaluate_py", "evaluate_protocols", "rank_lists", "similarity_to_distance", "distance_matrix",
            "l2_normalize", "cmc_summary"]
-
-DISTANCE_METRICS = ("cosine", "euclidean", "squared_euclidean")
 
 
 def _as_ids(values, length: int, name: str, expected: str) -> np.ndarray:
@@ -196,8 +195,8 @@ def distance_matrix(queries, gallery, metric: str) -> np.ndarray:
     "euclidean" or "squared_euclidean" (on the embeddings as given, computed as
     ||q||^2 + ||g||^2 - 2 q.g clamped at 0, as the official KeyRe-ID test does).
     """
-    if metric not in DISTANCE_METRICS:
-        raise InputError(f"metric {metric!r} is not one of {DISTANCE_METRICS}")
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not one of {METRICS}")
     q = _as_embeddings(queries, "queries")
     g = _as_embeddings(gallery, "gallery")
     if q.shape[1] != g.shape[1]:

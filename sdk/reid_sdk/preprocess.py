@@ -32,11 +32,11 @@ import numpy as np
 from PIL import Image
 
 from reid_sdk.errors import InputError, SpecError
-
-COLOR_ORDERS = ("RGB", "BGR")
+from reid_sdk.spec import COLOR_ORDERS, INTERPOLATIONS, RESIZE_POLICIES
 
 _Resampling = getattr(Image, "Resampling", Image)  # Pillow < 9.1 keeps the filters on Image
-PIL_FILTERS = {"bicubic": _Resampling.BICUBIC, "bilinear": _Resampling.BILINEAR}
+# spec interpolation name -> Pillow filter ("bicubic" -> BICUBIC)
+PIL_FILTERS = {name: getattr(_Resampling, name.upper()) for name in INTERPOLATIONS}
 
 
 def default_threads() -> int:
@@ -46,7 +46,7 @@ def default_threads() -> int:
 
 def check_color(color: str) -> str:
     if color not in COLOR_ORDERS:
-        raise InputError(f"color must be 'RGB' or 'BGR', got {color!r}")
+        raise InputError(f"color must be one of {COLOR_ORDERS}, got {color!r}")
     return color
 
 
@@ -106,7 +106,7 @@ class Preprocessor:
     def __init__(self, spec_input: Mapping):
         resize = spec_input["resize"]
         self.policy = resize["policy"]
-        if self.policy not in ("pad_to_square", "stretch"):
+        if self.policy not in RESIZE_POLICIES:
             raise SpecError(f"unknown resize policy {self.policy!r}; upgrade reid-sdk")
         interpolation = resize["interpolation"]
         if interpolation not in PIL_FILTERS:

@@ -40,6 +40,7 @@ METADATA_KEY = "reid_sdk.spec"
 ARCHS = ("hamobe", "keyreid")
 CLIP_POLICIES = ("hamobe_recombination", "consecutive_chunks")
 CLIP_PADDINGS = ("loop",)  # how a clip short of seq_len frames is filled (clips.pad)
+COLOR_ORDERS = ("RGB", "BGR")
 RESIZE_POLICIES = ("pad_to_square", "stretch")
 INTERPOLATIONS = ("bicubic", "bilinear")
 AGGREGATES = ("mean", "max")
@@ -161,7 +162,8 @@ class EngineSpec:
         inp = _get(d, "input", Mapping, "")
         _require(_get(inp, "layout", str, "input") == "NTHWC", "input.layout must be 'NTHWC'")
         _require(_get(inp, "dtype", str, "input") == "uint8", "input.dtype must be 'uint8'")
-        _require(_get(inp, "color", str, "input") in ("RGB", "BGR"), "input.color must be RGB/BGR")
+        _require(_get(inp, "color", str, "input") in COLOR_ORDERS,
+                 f"input.color must be one of {COLOR_ORDERS}")
         for key in ("height", "width"):
             _require(_get(inp, key, int, "input") > 0, f"input.{key} must be positive")
         resize = _get(inp, "resize", Mapping, "input")
