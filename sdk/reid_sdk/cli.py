@@ -188,13 +188,8 @@ def cmd_gallery_search(args) -> int:
     return 0
 
 
-def _middle_frame(tracklet) -> np.ndarray:
-    from reid_sdk import layout
-
-    return layout.load_image(tracklet.frames[len(tracklet.frames) // 2])
-
-
 def cmd_eval(args) -> int:
+    from reid_sdk.layout import MiddleFrames
     from reid_sdk.metrics import cmc_summary, distance_matrix, evaluate, rank_lists
     from reid_sdk.visualize import rank_list_picture
 
@@ -228,10 +223,8 @@ def cmd_eval(args) -> int:
     if metric == "cosine":
         scores = -scores                        # show the similarity
     picture = out_dir / "rank_list.png"
-    needed = np.unique(ranked)
-    gallery_crops = {int(g): _middle_frame(gallery["tracklets"][g]) for g in needed}
-    rank_list_picture([_middle_frame(query["tracklets"][q]) for q in shown],
-                      _LazyList(gallery_crops, distmat.shape[1]), ranked, matches, picture,
+    rank_list_picture(MiddleFrames([query["tracklets"][q] for q in shown]),
+                      MiddleFrames(gallery["tracklets"]), ranked, matches, picture,
                       k=args.k, scores=scores, query_labels=query["ids"][shown].tolist(),
                       gallery_labels=gallery["ids"].tolist(), max_queries=args.max_queries,
                       title=f"{Path(args.model).name}: top-{ranked.shape[1]} per query "
@@ -248,19 +241,6 @@ def cmd_eval(args) -> int:
         print("  ".join(f"{name} {value * 100:.2f}%" for name, value in summary.items()))
         print(f"wrote {picture} and {out_dir / 'metrics.json'}")
     return 0
-
-
-class _LazyList:
-    """A sequence view over the few gallery crops a picture shows (keyed by gallery index)."""
-
-    def __init__(self, items: dict, length: int):
-        self._items, self._length = items, length
-
-    def __len__(self):
-        return self._length
-
-    def __getitem__(self, index):
-        return self._items[int(index)]
 
 
 def cmd_demo(args) -> int:

@@ -3,6 +3,7 @@ Pillow only).
 
     tracklets = scan("bench/query")            # every tracklet folder under a root, sorted
     frames = load_frames(tracklets[0])         # uint8 [H, W, 3] RGB arrays (load_image: one)
+    crop = middle_frame(tracklets[0])          # the frame a rank-list picture shows
     keypoints = load_keypoints(tracklets[0])   # float32 [T, 17, 3] (x, y, conf) or None
     embeddings = embed_tracklets(engine, tracklets)   # [N, D] through a reid_sdk.Engine
 
@@ -11,8 +12,10 @@ file-name order. Identity and camera come from `tracklet.json` when it has them,
 folder name `<pid>C<camera, 1-based>T<n>`; they are None when neither says.
 """
 import json
+import operator
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +158,31 @@ def load_image(path) -> np.ndarray:
 def load_frames(tracklet: Tracklet) -> list[np.ndarray]:
     """The tracklet's frames as uint8 [H, W, 3] RGB arrays (sizes may differ between frames)."""
     return [load_image(path) for path in tracklet.frames]
+
+
+def middle_frame(tracklet: Tracklet) -> np.ndarray:
+    """The tracklet's middle frame (index T // 2) as a uint8 [H, W, 3] RGB array: the crop that
+    represents a tracklet in a rank-list picture."""
+    if not tracklet.frames:
+        raise InputError(f"{tracklet.path} has no frames; a tracklet folder must hold at least "
+                         f"one image ({', '.join(IMAGE_SUFFIXES)})")
+    return load_image(tracklet.frames[len(tracklet.frames) // 2])
+
+
+class MiddleFrames(Sequence):
+    """A read-only sequence of the middle frames of ``tracklets`` (:func:`middle_frame`), each
+    read from disk when indexed and not kept: ``len(frames) == len(tracklets)`` and
+    ``frames[i]`` is uint8 [H, W, 3]. For rank-list pictures, which show a few of many
+    tracklets (``reid_sdk.visualize.rank_list_picture(..., MiddleFrames(gallery), ...)``)."""
+
+    def __init__(self, tracklets: Sequence):
+        self._tracklets = tracklets
+
+    def __len__(self) -> int:
+        return len(self._tracklets)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return middle_frame(self._tracklets[operator.index(index)])
 
 
 def load_keypoints(tracklet: Tracklet) -> np.ndarray | None:
