@@ -108,15 +108,6 @@ class SynthConfig:
         """All fields as a JSON-ready dict (the form stored in dataset.json)."""
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "SynthConfig":
-        """The inverse of `to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SynthConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
-
     def with_values(self, **changes) -> "SynthConfig":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
