@@ -30,9 +30,8 @@ def _disk_bytes(root):
     return sum(entry.stat().st_size for entry in Path(root).rglob("*") if entry.is_file())
 
 
-def _frame_cost(config, seed, folder, tracklets=40):
+def _frame_cost(world, folder, tracklets=40):
     """Single-process CPU microseconds per frame: render only, and render + encode + write."""
-    world = build_world(config, seed)
     jobs = world.jobs[:tracklets]
     frames = sum(job.num_frames for job in jobs)
     start = time.process_time()
@@ -62,10 +61,11 @@ def main(argv=None):
           f"{os.getloadavg()[0]:.1f} (wall figures are only meaningful on an idle machine)")
     for name in presets:
         config = SynthConfig.preset(name)
-        render_us, total_us = _frame_cost(config, args.seed, args.out)
+        world = build_world(config, args.seed)
+        render_us, total_us = _frame_cost(world, args.out)
         print(f"[{name}] one process: render {render_us:.0f} us/frame, render + JPEG + write "
               f"{total_us:.0f} us/frame ({1e6 / total_us:.0f} frames per CPU-second)")
-        jobs = build_world(config, args.seed).jobs
+        jobs = world.jobs
         frames = sum(job.num_frames for job in jobs)
         with tempfile.TemporaryDirectory(dir=args.out) as scratch:
             cpu0, wall0 = _cpu_seconds(), time.perf_counter()

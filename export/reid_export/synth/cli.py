@@ -57,19 +57,19 @@ def main(argv=None) -> int:
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
 
-    from reid_export.synth.writer import generate
+    from reid_export.synth.writer import build_world, write_world
 
+    world = build_world(config, args.seed)
     try:
-        root = generate(args.out, config, seed=args.seed, progress=not args.quiet,
-                        reuse=not args.no_reuse, workers=args.workers)
+        root = write_world(args.out, world, progress=not args.quiet, reuse=not args.no_reuse,
+                           workers=args.workers)
     except FileExistsError as error:
         print(f"reid-export synth: {error}", file=sys.stderr)
         return 1
     if args.pictures:
         from reid_export.synth.sheet import write_pictures
-        from reid_export.synth.writer import build_world
 
-        for path in write_pictures(build_world(config, args.seed), args.pictures):
+        for path in write_pictures(world, args.pictures):
             print(path, file=sys.stderr)
     print(root)
     return 0

@@ -298,14 +298,19 @@ def generate(out_dir, config: SynthConfig | None = None, seed: int = 0, progress
     any other non-empty folder is refused (FileExistsError). `workers` processes render in
     parallel (default: all CPUs); the output does not depend on it.
     """
-    config = config or SynthConfig()
-    seed = _check_seed(seed)
+    return write_world(out_dir, build_world(config, seed), progress=progress, reuse=reuse,
+                       workers=workers)
+
+
+def write_world(out_dir, world: World, progress: bool = True, reuse: bool = True,
+                workers: int | None = None) -> Path:
+    """:func:`generate` for a world :func:`build_world` has already drawn (so a caller that
+    also draws pictures from it, as ``reid-export synth --pictures``, builds it once)."""
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, pid in _scratch_dirs(out):
         if not _process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
-    world = build_world(config, seed)
     record = _dataset_record(world)
     if reuse and is_complete(out, record):
         if progress:
