@@ -37,7 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from reid_sdk.backends import Backend, TensorDesc, check_io, io_contract, resolve_batch_limits
+from reid_sdk.backends import (Backend, TensorDesc, check_io, file_sha256, io_contract,
+                               resolve_batch_limits)
 from reid_sdk._atomic import atomic_write
 from reid_sdk.errors import (BackendError, BackendUnavailableError, EngineFileError, InputError,
                              SpecError)
@@ -68,9 +69,8 @@ def sidecar_path(engine_path: str | os.PathLike) -> str:
 def write_sidecar(engine_path: str | os.PathLike, spec: EngineSpec | Mapping) -> str:
     """Write ``<engine>.json`` for an engine file that exists; returns the sidecar path."""
     spec = spec if isinstance(spec, EngineSpec) else EngineSpec(spec)
-    data = Path(engine_path).read_bytes()
-    record = {"spec": spec.data, "engine_sha256": hashlib.sha256(data).hexdigest(),
-              "engine_bytes": len(data)}
+    record = {"spec": spec.data, "engine_sha256": file_sha256(engine_path),
+              "engine_bytes": os.path.getsize(engine_path)}
     path = sidecar_path(engine_path)
     with atomic_write(path) as f:
         f.write(json.dumps(record, indent=2, sort_keys=True).encode())
