@@ -162,6 +162,19 @@ def test_search_memory_is_bounded_by_the_chunk(rng, num_queries, size, chunk_siz
 
 
 # -- add / remove -------------------------------------------------------------------------------
+def assert_holds_exactly(gallery, rng, metric, item_ids, vectors, cameras, k):
+    """The gallery holds these items (ids, cameras) in this order, and its search of fresh
+    queries equals brute force over ``vectors``."""
+    assert gallery.ids.tolist() == item_ids.tolist()
+    assert len(gallery) == len(item_ids)
+    assert gallery.cameras.tolist() == cameras.tolist()
+    queries = exact_data(rng, metric, 6, 1)[0]
+    ids, scores = gallery.search(queries, k=k)
+    order, ref_scores, _ = brute_force(queries, vectors, k, metric)
+    np.testing.assert_array_equal(ids, item_ids[order])
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_remove_then_add_keeps_insertion_order(rng, metric):
     first, second = exact_data(rng, metric, 30, 30)
@@ -174,16 +187,8 @@ def test_remove_then_add_keeps_insertion_order(rng, metric):
     all_ids = np.r_[np.arange(30), np.arange(100, 130), [5000]]
     all_vectors = np.concatenate([first, second, first[:1]])
     keep = ~np.isin(all_ids, removed)
-    assert gallery.ids.tolist() == all_ids[keep].tolist()
-    assert len(gallery) == keep.sum()
     cams = np.r_[np.full(30, -1), np.arange(30) % 4, [-1]]
-    assert gallery.cameras.tolist() == cams[keep].tolist()
-
-    queries = exact_data(rng, metric, 6, 1)[0]
-    ids, scores = gallery.search(queries, k=20)
-    order, ref_scores, _ = brute_force(queries, all_vectors[keep], 20, metric)
-    np.testing.assert_array_equal(ids, all_ids[keep][order])
-    np.testing.assert_array_equal(scores, ref_scores)
+    assert_holds_exactly(gallery, rng, metric, all_ids[keep], all_vectors[keep], cams[keep], 20)
 
 
 def test_reserve_then_add_in_pieces(rng):
@@ -454,14 +459,8 @@ def test_loaded_gallery_grows_removes_and_searches(tmp_path, rng, metric):
     all_ids = np.r_[np.arange(25), np.arange(100, 125), [500]]
     all_vectors = np.concatenate([first, second, second[:1]])
     keep = ~np.isin(all_ids, [3, 104, 7])
-    assert loaded.ids.tolist() == all_ids[keep].tolist()
     cams = np.r_[np.arange(25) % 3, np.full(26, -1)]
-    assert loaded.cameras.tolist() == cams[keep].tolist()
-    queries = exact_data(rng, metric, 5, 1)[0]
-    ids, scores = loaded.search(queries, k=15)
-    order, ref_scores, _ = brute_force(queries, all_vectors[keep], 15, metric)
-    np.testing.assert_array_equal(ids, all_ids[keep][order])
-    np.testing.assert_array_equal(scores, ref_scores)
+    assert_holds_exactly(loaded, rng, metric, all_ids[keep], all_vectors[keep], cams[keep], 15)
 
 
 def test_load_does_not_copy_the_embeddings(tmp_path, rng):
