@@ -59,9 +59,6 @@ def contract_for(model) -> ExportContract:
 
 
 def _preset_name(module, config: dict) -> str:
-    config = dict(config)
-    if config.get("unseen_camera_index") is not None:  # the added row is not the preset's
-        config.update(cameras=config["unseen_camera_index"], unseen_camera_index=None)
     for name, preset in module.PRESETS.items():
         if all(config.get(k) == v for k, v in preset.items() if k not in ("classes",)):
             return name
@@ -112,7 +109,8 @@ def keyreid_contract(model) -> ExportContract:
     grid = (height // cfg["patch_size"]) * (width // cfg["patch_size"])
     dim = cfg["embed_dim"] + 6 * t * cfg["embed_dim"]
     unseen = cfg.get("unseen_camera_index")
-    trained_cameras = unseen if unseen is not None else cfg["cameras"]
+    trained = keyreid.trained_config(cfg)  # an added unseen-camera row is not the preset's
+    trained_cameras = trained["cameras"]
 
     def example(batch, rng):
         crop_h = rng.integers(48, 300, size=(batch, t, 1))
@@ -139,7 +137,7 @@ def keyreid_contract(model) -> ExportContract:
                 InputSpec("camera", "int64", ())),
         mean=HALF, std=HALF,
         spec_fields={
-            "arch": "keyreid", "preset": _preset_name(keyreid, cfg), "frames_per_clip": t,
+            "arch": "keyreid", "preset": _preset_name(keyreid, trained), "frames_per_clip": t,
             "input": {"color": "RGB", "height": height, "width": width,
                       "resize": {"policy": "stretch", "interpolation": "bilinear",
                                  "pad_value": 0, "reference": "PIL"}},

@@ -70,6 +70,7 @@ def model_from_spec(spec) -> torch.nn.Module:
     --random``): its config and seed are in the spec (``model_config``,
     ``source.random_seed``). An unseen-camera row is added again the same way."""
     from reid_export import models
+    from reid_export.models import keyreid
 
     seed = spec.source.get("random_seed")
     if seed is None:
@@ -79,12 +80,11 @@ def model_from_spec(spec) -> torch.nn.Module:
     arch = config.pop("arch", spec.arch)
     unseen = config.get("unseen_camera_index")
     if unseen is not None:  # rebuild the trained rows; the mean row is appended below
-        config.update(cameras=unseen, unseen_camera_index=None)
+        config = keyreid.trained_config(config)
     # model_config holds every field of the config, so the preset is only a starting point.
     model = models.create_random(arch, seed=seed, **config)
     if unseen is not None:
-        from reid_export.models.keyreid import add_unseen_camera_row
-        add_unseen_camera_row(model)
+        keyreid.add_unseen_camera_row(model)
     return model
 
 

@@ -534,6 +534,17 @@ def _image_size_for(num_patches: int, patch: int, preset_size) -> list:
     return [2 * cols * patch, cols * patch]
 
 
+def trained_config(config: dict) -> dict:
+    """``config`` (a KeyRe-ID build config or ``reid_config``) as it was before
+    :func:`add_unseen_camera_row`: ``cameras`` back to the trained count and no
+    ``unseen_camera_index``. A copy; ``config`` itself is not changed."""
+    config = dict(config)
+    unseen = config.get("unseen_camera_index")
+    if unseen is not None:
+        config.update(cameras=unseen, unseen_camera_index=None)
+    return config
+
+
 def add_unseen_camera_row(model: KeyReID) -> KeyReID:
     """Append one camera embedding equal to the mean of the trained rows, for crops from
     cameras the model never saw; records its index as ``model.reid_config['unseen_camera_index']``
@@ -567,4 +578,5 @@ __all__ = [
     "matches",
     "randomize_",
     "temporal_clip_shift_shuffle",
+    "trained_config",
 ]
