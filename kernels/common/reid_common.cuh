@@ -10,6 +10,9 @@
 
 namespace reid {
 
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullWarpMask = 0xffffffffu;  // every lane of a warp, for *_sync intrinsics
+
 // Returns early from a host launcher with the CUDA error of the last launch, if any.
 #define REID_RETURN_IF_LAUNCH_FAILED()                 \
     do {                                               \

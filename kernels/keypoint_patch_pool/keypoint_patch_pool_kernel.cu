@@ -36,10 +36,8 @@
 namespace reid {
 namespace {
 
-constexpr int kWarpSize = 32;
 constexpr int kHalfWarp = kWarpSize / 2;
 constexpr int kWarps = kKppBlockThreads / kWarpSize;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kMinMaxEps = 1e-6f;  // heatmap_loader.py: Min_Max_Scaling(eps=1e-6)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kNoJoint = INT_MAX;
@@ -144,7 +142,7 @@ __device__ __forceinline__ uint64_t patch_joints(int k, const reid_keypoint_patc
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+        v = fmaxf(v, __shfl_xor_sync(kFullWarpMask, v, offset));
     }
     return v;
 }
@@ -251,9 +249,9 @@ struct PatchStats {
     __device__ __forceinline__ PatchStats reduced(int first_offset) const {
         PatchStats s = *this;
         for (int offset = first_offset; offset > 0; offset /= 2) {
-            s.sum += __shfl_xor_sync(kFullMask, s.sum, offset);
-            s.low = fminf(s.low, __shfl_xor_sync(kFullMask, s.low, offset));
-            s.high = fmaxf(s.high, __shfl_xor_sync(kFullMask, s.high, offset));
+            s.sum += __shfl_xor_sync(kFullWarpMask, s.sum, offset);
+            s.low = fminf(s.low, __shfl_xor_sync(kFullWarpMask, s.low, offset));
+            s.high = fmaxf(s.high, __shfl_xor_sync(kFullWarpMask, s.high, offset));
         }
         return s;
     }
@@ -295,7 +293,7 @@ __device__ void read_round_frame(const reid_keypoint_patch_pool_desc& desc, cons
                                   frame, &centre);
             sh.joints[g * num_slots + slot] = centre;
         }
-        drawn |= static_cast<uint64_t>(__ballot_sync(kFullMask, is_drawn)) << base;
+        drawn |= static_cast<uint64_t>(__ballot_sync(kFullWarpMask, is_drawn)) << base;
     }
     if (lane == 0) {
         sh.frames[g] = frame;
@@ -345,7 +343,7 @@ __device__ void list_work(const reid_keypoint_patch_pool_desc& desc, int num_slo
         }
     }
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        empty_frames |= __shfl_xor_sync(kFullMask, empty_frames, offset);
+        empty_frames |= __shfl_xor_sync(kFullWarpMask, empty_frames, offset);
     }
     if (threadIdx.x % kWarpSize == 0 && empty_frames != 0) atomicOr(&sh.empty_frames, empty_frames);
 }
@@ -397,9 +395,9 @@ __device__ PatchStats separable_patch(int row0, int col0, KppJoint joint, const 
     }
     const PatchStats rows = profile.reduced(kHalfWarp / 2);
     PatchStats columns;
-    columns.sum = __shfl_sync(kFullMask, rows.sum, kHalfWarp);
-    columns.low = __shfl_sync(kFullMask, rows.low, kHalfWarp);
-    columns.high = __shfl_sync(kFullMask, rows.high, kHalfWarp);
+    columns.sum = __shfl_sync(kFullWarpMask, rows.sum, kHalfWarp);
+    columns.low = __shfl_sync(kFullWarpMask, rows.low, kHalfWarp);
+    columns.high = __shfl_sync(kFullWarpMask, rows.high, kHalfWarp);
     return {rows.sum * columns.sum, rows.low * columns.low, rows.high * columns.high};
 }
 
@@ -459,13 +457,13 @@ __device__ PatchStats lane_column_patch(int row0, int col0, uint64_t relevant,
         const int row = pass * rows_per_pass + phase;
         const bool has_pixel = phase < rows_per_pass && row < patch;
         const int source = has_pixel ? row : 0;
-        const float row_frac = __shfl_sync(kFullMask, ty.frac, source);
+        const float row_frac = __shfl_sync(kFullWarpMask, ty.frac, source);
         TapHeat heat;
 #pragma unroll
         for (int q = 0; q < kLaneJoints; ++q) {
             if (q < num_windows) {
-                heat.add(__shfl_sync(kFullMask, row_low[q], source),
-                         __shfl_sync(kFullMask, row_high[q], source), col_low[q], col_high[q],
+                heat.add(__shfl_sync(kFullWarpMask, row_low[q], source),
+                         __shfl_sync(kFullWarpMask, row_high[q], source), col_low[q], col_high[q],
                          paper);
             }
         }
@@ -488,7 +486,7 @@ __device__ void run_work(const reid_keypoint_patch_pool_desc& desc, int num_slot
     for (;;) {
         int item = 0;
         if (lane == 0) item = atomicAdd(&sh.next_item, 1);
-        item = __shfl_sync(kFullMask, item, 0);
+        item = __shfl_sync(kFullWarpMask, item, 0);
         if (item >= num_items) break;
         if (item < num_boxes) {
             scan_box(sh.boxes[item], num_slots, sh);

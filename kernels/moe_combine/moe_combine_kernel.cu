@@ -29,8 +29,6 @@ namespace reid {
 namespace {
 
 constexpr int kVectorBytes = 16;
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullWarp = 0xffffffffu;
 // Shared memory the hardware reserves per resident block (sm_80 and later).
 constexpr size_t kReservedSharedPerBlock = 1024;
 
@@ -197,18 +195,18 @@ __device__ __forceinline__ float lane_weight(float logit, int lane, bool apply_s
     float peak = logit;
 #pragma unroll
     for (int mask = 1; mask < kE; mask *= 2) {
-        peak = fmaxf(peak, __shfl_xor_sync(kFullWarp, peak, mask));
+        peak = fmaxf(peak, __shfl_xor_sync(kFullWarpMask, peak, mask));
     }
     const float e = valid ? expf(logit - peak) : 0.0f;
     float sum = e;
 #pragma unroll
-    for (int mask = 1; mask < kE; mask *= 2) sum += __shfl_xor_sync(kFullWarp, sum, mask);
+    for (int mask = 1; mask < kE; mask *= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, mask);
     return valid ? e * (1.0f / sum) : 0.0f;
 }
 
 // Weight (expert, j) from the lane holding it; all lanes call this together.
 __device__ __forceinline__ float fetch_weight(float lane_w, int expert, int j) {
-    return __shfl_sync(kFullWarp, lane_w, j * kGateLanesPerColumn + expert);
+    return __shfl_sync(kFullWarpMask, lane_w, j * kGateLanesPerColumn + expert);
 }
 
 // One chunk: CH channels x E experts (E input vectors) -> CH channels x J outputs (J output
