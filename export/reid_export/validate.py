@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from reid_export.contracts import contract_for
-from reid_export.onnx_export import EngineModel, read_spec, torch_inputs
+from reid_export.torch_backend import TorchBackend
 
 # Minimum per-sample cosine by engine precision (ARCHITECTURE.md section 6).
 MIN_COSINE = {"fp32": 0.99999, "mixed": 0.9995, "fp16": 0.9995, "bf16": 0.999, "int8": 0.99}
@@ -108,20 +108,19 @@ def validate(engine_path, model: torch.nn.Module, *, frames_dir=None, batch: int
     """
     from reid_sdk import Engine
 
-    spec = read_spec(engine_path)
-    arch = getattr(model, "reid_config", {}).get("arch", spec.arch)
-    if arch != spec.arch:
-        raise ValueError(f"{engine_path} is a {spec.arch} engine but the PyTorch model is {arch}")
-    threshold = MIN_COSINE.get(spec.precision, 0.99999) if min_cosine is None else min_cosine
-    engine = Engine(engine_path, providers=providers)
-    try:
+    with Engine(engine_path, providers=providers) as engine:
+        spec = engine.spec
+        arch = getattr(model, "reid_config", {}).get("arch", spec.arch)
+        if arch != spec.arch:
+            raise ValueError(f"{engine_path} is a {spec.arch} engine but the PyTorch model is "
+                             f"{arch}")
+        threshold = MIN_COSINE.get(spec.precision, 0.99999) if min_cosine is None else min_cosine
+        reference = TorchBackend(model, spec)
         if frames_dir is None:
-            ours, ref, inputs = _random_clips(engine, model, batch, seed)
+            ours, ref, inputs = _random_clips(engine, reference, model, batch, seed)
         else:
-            ours, ref, inputs = _tracklet_clips(engine, model, frames_dir, limit, progress)
-        used = tuple(engine.info().get("providers") or ())
-    finally:
-        engine.close()
+            ours, ref, inputs = _tracklet_clips(engine, reference, frames_dir, limit, progress)
+        used = tuple(engine.providers)
     return ValidationReport(
         engine=str(engine_path), inputs=inputs, providers=used,
         cosine=cosine_rows(ours, ref), max_abs_error=float(np.abs(ours - ref).max()),
@@ -129,18 +128,15 @@ def validate(engine_path, model: torch.nn.Module, *, frames_dir=None, batch: int
         max_abs_allowed=max_abs)
 
 
-def _random_clips(engine, model, batch, seed):
+def _random_clips(engine, reference, model, batch, seed):
     contract = contract_for(model)
     arrays = contract.example_inputs(batch, np.random.default_rng(seed))
     feeds = {spec.name: array for spec, array in zip(contract.inputs, arrays)}
-    ours = engine._backend.run(feeds)
-    with torch.no_grad():
-        ref = EngineModel(model, contract.mean, contract.std).eval()(*torch_inputs(arrays))
-    return ours, ref.float().numpy(), f"{batch} random clips (seed {seed})"
+    return (engine._backend.run(feeds), reference.run(feeds),
+            f"{batch} random clips (seed {seed})")
 
 
-def _tracklet_clips(engine, model, frames_dir, limit, progress):
-    from reid_export.torch_backend import TorchBackend
+def _tracklet_clips(engine, reference, frames_dir, limit, progress):
     from reid_sdk import Engine, layout
 
     tracklets = layout.scan(frames_dir)[:limit]
@@ -155,7 +151,7 @@ def _tracklet_clips(engine, model, frames_dir, limit, progress):
         kwargs["keypoints"] = keypoints
     if "camera" in engine.spec.extra_inputs:
         kwargs["camera"] = [t.camid for t in tracklets]
-    reference = Engine.from_backend(TorchBackend(model, engine.spec))
     ours = engine.embed_clips(frames, progress=progress, **kwargs).embeddings
-    ref = reference.embed_clips(frames, progress=progress, **kwargs).embeddings
+    with Engine.from_backend(reference) as torch_engine:
+        ref = torch_engine.embed_clips(frames, progress=progress, **kwargs).embeddings
     return ours, ref, f"{len(ours)} clips of {len(tracklets)} tracklets from {Path(frames_dir)}"
