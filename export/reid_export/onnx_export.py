@@ -159,13 +159,19 @@ def set_spec(proto: onnx.ModelProto, spec: EngineSpec) -> None:
     entry.key, entry.value = METADATA_KEY, spec.to_json()
 
 
-def read_spec(path) -> EngineSpec:
-    """The engine spec stored in an ONNX file (without loading its weights)."""
-    proto = onnx.load(str(path), load_external_data=False)
+def spec_of(proto: onnx.ModelProto, name="the model") -> EngineSpec:
+    """The engine spec stored in ``proto.metadata_props`` (``name`` labels the model in the
+    error raised when there is none)."""
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
             return EngineSpec.from_json(prop.value)
-    raise ValueError(f"{path} has no {METADATA_KEY} metadata: export it with `reid-export onnx`")
+    raise ValueError(f"{name} has no {METADATA_KEY} metadata: export it with `reid-export onnx`")
 
 
-__all__ = ["EngineModel", "build_spec", "export_onnx", "read_spec", "set_spec", "torch_inputs"]
+def read_spec(path) -> EngineSpec:
+    """The engine spec stored in an ONNX file (without loading its external weights)."""
+    return spec_of(onnx.load(str(path), load_external_data=False), path)
+
+
+__all__ = ["EngineModel", "build_spec", "export_onnx", "read_spec", "set_spec", "spec_of",
+           "torch_inputs"]

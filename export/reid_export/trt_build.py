@@ -26,20 +26,19 @@ from pathlib import Path
 
 import onnx
 
-from reid_export.onnx_export import read_spec
+from reid_export.onnx_export import spec_of
 from reid_export.ops import _onnx as reid_onnx
 from reid_sdk._atomic import atomic_write
 from reid_sdk.backends import io_contract
-from reid_sdk.backends.tensorrt import (find_plugin_library, import_tensorrt, tensorrt_logger,
+from reid_sdk.backends.tensorrt import (import_tensorrt, load_plugins, tensorrt_logger,
                                         write_sidecar)
 
 
-def stripped_copy(onnx_path: Path, directory: Path) -> Path:
-    """``onnx_path`` without the reid function bodies, written into ``directory`` (which must be
-    the model's own folder when it has external data: the data file is found relative to it)."""
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+def stripped_copy(proto: onnx.ModelProto, path: Path) -> Path:
+    """Strip the reid function bodies from ``proto`` (in place) and save it as ``path``, which
+    must lie in the model's own folder when it has external data (the data file is found
+    relative to the model). Returns ``path``."""
     reid_onnx.strip_functions(proto)
-    path = directory / f".{onnx_path.stem}.stripped.onnx"
     onnx.save(proto, str(path))
     return path
 
@@ -59,22 +58,17 @@ def build_engine(onnx_path, out_path, *, max_batch: int = 32, opt_batch: int | N
                  workspace_gib: float = 4.0) -> Path:
     """Build ``out_path`` (.plan) from ``onnx_path``; returns the plan path (sidecar beside)."""
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    spec = read_spec(onnx_path)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    spec = spec_of(proto, onnx_path)
     shapes = profile_shapes(spec, max_batch, opt_batch)
     trt = import_tensorrt()
     logger = tensorrt_logger(trt)
-    if spec.custom_ops:
-        library = find_plugin_library()
-        if library is None:
-            raise FileNotFoundError("libreid_trt_plugins.so was not built: reinstall with "
-                                    "REID_SDK_TENSORRT_ROOT=/path/to/TensorRT, or set "
-                                    "REID_SDK_TRT_PLUGINS")
-        if trt.get_plugin_registry().load_library(library) is None:
-            raise RuntimeError(f"TensorRT could not load {library} (see its log above)")
+    load_plugins(trt, spec)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    stripped = stripped_copy(onnx_path, onnx_path.parent)
+    stripped = stripped_copy(proto, onnx_path.parent / f".{onnx_path.stem}.stripped.onnx")
+    del proto  # the parser reads the file; the weights need not stay in memory twice
     try:
         ok = parser.parse_from_file(str(stripped))
     finally:
