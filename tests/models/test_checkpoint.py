@@ -155,12 +155,16 @@ def test_save_is_atomic(files, tmp_path, monkeypatch):
     before = path.read_bytes()
     import safetensors.torch
 
+    during = []
+
     def fail(*args, **kwargs):
+        during.extend(p.name for p in tmp_path.iterdir())
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save", fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(files["model"], path)
+    assert len(during) == 2  # the failure came while a temporary file existed beside the target
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 

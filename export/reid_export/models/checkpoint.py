@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,6 +36,7 @@ from pathlib import Path
 import torch
 
 from reid_export.models import ARCHS, arch_module
+from reid_sdk._atomic import atomic_write
 from reid_sdk.backends import file_sha256
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_tensors", "save_checkpoint"]
@@ -474,7 +473,7 @@ def save_checkpoint(model, path) -> Path:
     the arch and the config as metadata; tensors that are one object under several names
     (KeyRe-ID's ``block1`` / ``b2.0``) are stored once and listed in ``reid_aliases``.
     """
-    from safetensors.torch import save_file
+    import safetensors.torch
 
     path = Path(path)
     config = dict(getattr(model, "reid_config", None) or {})
@@ -501,14 +500,6 @@ def save_checkpoint(model, path) -> Path:
                 META_CONFIG: json.dumps(config, sort_keys=True),
                 META_ALIASES: json.dumps(aliases, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(safetensors.torch.save(tensors, metadata=metadata))
     return path
