@@ -45,11 +45,14 @@ class ExportContract:
 
 
 def arch_of(model) -> str:
+    """The architecture (``"hamobe"`` or ``"keyreid"``) of a model built by
+    ``reid_export.models``: its ``reid_config["arch"]``, else the name of its module. Raises
+    ValueError for any other model."""
     config = getattr(model, "reid_config", None) or {}
     arch = config.get("arch") or type(model).__module__.rsplit(".", 1)[-1]
     if arch not in CONTRACTS:
-        raise ValueError(f"no export contract for {type(model).__name__} (arch {arch!r}); build "
-                         "the model with reid_export.models.create()/load_checkpoint()")
+        raise ValueError(f"{type(model).__name__} (arch {arch!r}) is not a reid_export model: "
+                         "build it with reid_export.models.create()/load_checkpoint()")
     return arch
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from reid_export.contracts import arch_of
 from reid_export.models import ARCHS, arch_module
 from reid_sdk._atomic import atomic_write
 from reid_sdk.backends import file_sha256
@@ -476,10 +477,11 @@ def save_checkpoint(model, path) -> Path:
     import safetensors.torch
 
     path = Path(path)
+    arch = arch_of(model)
     config = dict(getattr(model, "reid_config", None) or {})
-    arch = config.pop("arch", None) or type(model).__module__.rsplit(".", 1)[-1]
-    if not config or arch not in ARCHS:
-        raise CheckpointError("model has no reid_config with a known arch: build it with "
+    config.pop("arch", None)
+    if not config:
+        raise CheckpointError(f"{type(model).__name__} has no reid_config: build it with "
                               "reid_export.models.create() or load_checkpoint()")
     module = arch_module(arch)
     tensors, aliases, first_of = {}, {}, {}
