@@ -16,7 +16,7 @@ import numpy as np
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
-COCO17_JOINTS = 17
+COCO17_JOINTS = 17  # joints per frame of the keypoints input (COCO-17 order)
 # Official test clip stride of HAMoBE (configs/c2dres50_ce_cal_ccvid.yaml AUG.SAMPLING_STRIDE).
 HAMOBE_TEST_STRIDE = 4
 # KeyRe-ID test loader: at most 41 clips (164 frames) per tracklet (Dataloader.py).
@@ -109,8 +109,6 @@ def keyreid_contract(model) -> ExportContract:
     cfg = model.reid_config
     t = cfg["frames"]
     height, width = cfg["img_size"]
-    grid = (height // cfg["patch_size"]) * (width // cfg["patch_size"])
-    dim = cfg["embed_dim"] + 6 * t * cfg["embed_dim"]
     unseen = cfg.get("unseen_camera_index")
     trained = keyreid.trained_config(cfg)  # an added unseen-camera row is not the preset's
     trained_cameras = trained["cameras"]
@@ -154,10 +152,10 @@ def keyreid_contract(model) -> ExportContract:
             },
             "keypoint_heatmaps": {"mode": cfg["heatmap_mode"], "vis_thresh": cfg["vis_thresh"],
                                   "out_hw": [height, width], "patch": cfg["patch_size"],
-                                  "patches": grid},
+                                  "patches": model.num_patches},
             "clips": {"policy": "consecutive_chunks", "seq_len": t,
                       "max_clips": KEYREID_MAX_CLIPS, "pad": "loop"},
-            "aggregate": "mean", "output_l2": False, "embedding_dim": dim,
+            "aggregate": "mean", "output_l2": False, "embedding_dim": model.embedding_dim,
             "metric": "squared_euclidean", "precision": "fp32",
             "model_config": dict(cfg),
         },

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid_export.contracts import COCO17_JOINTS
 from reid_export.ops.keypoint_patch_pool import KEYREID_PARTS, keypoint_patch_pool_op
+from reid_export.ops.keypoint_patch_pool import MODES as HEATMAP_MODES
 
 ARCH = "keyreid"
-HEATMAP_MODES = ("paper", "max", "constant")
 # Fixed by the official code (KeyRe_ID.shift_num, KeyRe_ID.part), not by a constructor argument.
 TCSS_SHIFT = 5
-NUM_PARTS = 6
-NUM_JOINTS = 17
+NUM_PARTS = len(KEYREID_PARTS)  # one per joint group
 # LayerNorm eps: 1e-6 inside every ViT block and after b1; nn.LayerNorm's default after b2.
 VIT_LAYERNORM_EPS = 1e-6
 LOCAL_HEAD_LAYERNORM_EPS = 1e-5
@@ -332,7 +332,7 @@ class KeyReID(nn.Module):
 
     def _check_keypoint_inputs(self, frames, keypoints, crop_hw, frame_valid):
         frames_per_clip = self.frames_per_clip
-        for name, tensor, tail in (("keypoints", keypoints, (frames_per_clip, NUM_JOINTS, 3)),
+        for name, tensor, tail in (("keypoints", keypoints, (frames_per_clip, COCO17_JOINTS, 3)),
                                    ("crop_hw", crop_hw, (frames_per_clip, 2)),
                                    ("frame_valid", frame_valid, (frames_per_clip,))):
             if tensor.dim() != len(tail) + 1 or tuple(tensor.shape[1:]) != tail:
