@@ -63,7 +63,7 @@ def torch_inputs(arrays) -> tuple:
 
 
 def build_spec(model: torch.nn.Module, contract: ExportContract, *, opset: int,
-               source: dict | None = None, precision: str | None = None) -> EngineSpec:
+               source: dict | None = None) -> EngineSpec:
     """The complete engine spec (ARCHITECTURE.md 4.1) for ``model`` exported at ``opset``."""
     src = {"exporter": f"reid-export {reid_export.__version__}", "torch": torch.__version__,
            "onnx": onnx.__version__,
@@ -79,7 +79,6 @@ def build_spec(model: torch.nn.Module, contract: ExportContract, *, opset: int,
         "normalize": {"mean": list(contract.mean), "std": list(contract.std), "scale": 255.0,
                       "in_graph": True},
         "output": {"name": OUTPUT_EMBEDDING, "dtype": "float32"},
-        "precision": precision or contract.spec_fields.get("precision", "fp32"),
         "opset": opset,
         "custom_ops": {f"{reid_onnx.REID_DOMAIN}::{op}": reid_onnx.REID_OPSET_VERSION
                        for op in contract.custom_ops},

@@ -437,10 +437,7 @@ def build(**config) -> KeyReID:
     ``"keyreid"``). ``model.reid_config`` holds ``{"arch": "keyreid", **config}``. Works under
     ``torch.device("meta")`` too.
     """
-    arch = config.pop("arch", ARCH)
-    if arch != ARCH:
-        raise ValueError(f"config is for arch {arch!r}, not {ARCH!r}")
-    model = build_empty(arch=arch, **config)
+    model = build_empty(**config)
     _init_weights(model)
     return model
 

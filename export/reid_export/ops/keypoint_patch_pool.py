@@ -47,10 +47,9 @@ KEYREID_PARTS = ((0, 1, 2, 3, 4), (5, 6, 11, 12), (7, 9), (8, 10), (13, 15), (14
 MODES = ("paper", "max", "constant")
 # Crop sides beyond this are refused: 32768 keeps every index product of the kernel in int32.
 MAX_CROP_SIDE = 32768
-# Limits of the C ABI (kernels/reid_kernels.h): parts, joints over all parts, joints per frame.
+# Limits of the C ABI (kernels/reid_kernels.h): parts, joints over all parts.
 MAX_PARTS = 16
 MAX_PART_JOINTS = 64
-MAX_KERNEL_JOINTS = 32
 # The official min-max scaling's epsilon (heatmap_loader.py: Min_Max_Scaling).
 MIN_MAX_EPS = 1e-6
 # Frames x parts x crop pixels materialised at once by the reference (bounds its memory).
