@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from reid_sdk.clips import consecutive_chunks
+
 from official_source import extract_commit  # beside this script: tools/ is sys.path[0]
 
 DEFAULT_REPO = "/work/.mirror/JinSeong0115+KeyRe-ID/repo"
@@ -191,18 +193,6 @@ def write_tracklet(official, directory: Path, images, keypoints, crop_hw, camera
     return paths, roots
 
 
-def clip_slots(num_frames: int):
-    """Frame index of each (clip, slot) and whether the slot holds a real frame: consecutive
-    chunks of 4, the last chunk loop-padded (MODELS.md 2.4)."""
-    starts = list(range(0, num_frames, FRAMES_PER_CLIP))
-    slots, valid = [], []
-    for start in starts:
-        real = list(range(start, min(start + FRAMES_PER_CLIP, num_frames)))
-        slots.append([real[i % len(real)] for i in range(FRAMES_PER_CLIP)])
-        valid.append([i < len(real) for i in range(FRAMES_PER_CLIP)])
-    return slots, valid
-
-
 def signed_heatmaps(rng, clips: int) -> torch.Tensor:
     """Smooth random heatmaps [clips, 4, 6, 256, 128] whose patch means take both signs."""
     coarse = torch.from_numpy(rng.normal(0.0, 1.0, (clips * FRAMES_PER_CLIP, 6, 8, 4)))
@@ -304,10 +294,11 @@ def main(argv=None):
         num_frames = FRAMES_PER_CLIP * (args.clips - 1) + 2
         images, keypoints, crop_hw = make_tracklet(rng, num_frames)
         paths, roots = write_tracklet(official, tmp, images, keypoints, crop_hw, args.camera)
-        slots, valid = clip_slots(num_frames)
-        ours_keypoints = torch.from_numpy(keypoints[np.array(slots)])
-        ours_crop_hw = torch.tensor(crop_hw, dtype=torch.int32)[torch.tensor(slots)]
-        frame_valid = torch.tensor(valid)
+        # The SDK's own clip plan, checked against their loader in check_clip_layout.
+        slots, valid = consecutive_chunks(num_frames, FRAMES_PER_CLIP, None)
+        ours_keypoints = torch.from_numpy(keypoints[slots])
+        ours_crop_hw = torch.tensor(crop_hw, dtype=torch.int32)[torch.from_numpy(slots)]
+        frame_valid = torch.from_numpy(valid)
         camera = torch.full((args.clips,), args.camera, dtype=torch.int64)
 
         ok = True
