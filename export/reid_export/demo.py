@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,46 @@ def export_default(arch: str, out_dir: Path) -> tuple[Path, object]:
     return path, model
 
 
-def run_model(arch: str, bench: Path, out_dir: Path, *, compare_torch: bool,
-              progress: bool) -> dict:
-    """Everything the demo reports for one model."""
+SPLITS = ("query", "gallery")
+
+
+def scan_splits(bench) -> dict:
+    """The query and gallery tracklets of a benchmark root: {"query": [...], "gallery": [...]}
+    (reid_sdk.layout.Tracklet lists)."""
+    from reid_sdk import layout
+
+    return {name: layout.scan(Path(bench) / name) for name in SPLITS}
+
+
+@dataclass
+class SplitEvaluation:
+    """What :func:`evaluate_splits` measures: embeddings {split: float32 [N, D]}, the figures of
+    ``reid_sdk.layout.evaluate_tracklets`` and the seconds spent embedding."""
+    embeddings: dict
+    metrics: dict
+    seconds: float
+
+
+def evaluate_splits(engine, splits: dict, *, progress: bool | None = None) -> SplitEvaluation:
+    """Embeds the tracklets of :func:`scan_splits` through ``engine`` (a reid_sdk.Engine) and
+    evaluates query against gallery with the engine spec's metric."""
+    from reid_sdk import layout
+
+    embeddings, seconds = {}, 0.0
+    for name, tracklets in splits.items():
+        start = time.perf_counter()
+        embeddings[name] = layout.embed_tracklets(engine, tracklets, progress=progress)
+        seconds += time.perf_counter() - start
+    metrics = layout.evaluate_tracklets(splits["query"], embeddings["query"], splits["gallery"],
+                                        embeddings["gallery"], engine.spec.metric)
+    return SplitEvaluation(embeddings, metrics, seconds)
+
+
+def run_model(arch: str, splits: dict, out_dir: Path, *, compare_torch: bool,
+              progress: bool | None) -> dict:
+    """Everything the demo reports for one model on the tracklets of :func:`scan_splits`."""
     from reid_export.torch_backend import TorchBackend
-    from reid_sdk import Engine, layout
+    from reid_sdk import Engine
     from reid_sdk.clips import plan_clips
     from reid_sdk.metrics import distance_matrix, rank_lists
     from reid_sdk.visualize import rank_list_picture
@@ -111,43 +147,36 @@ def run_model(arch: str, bench: Path, out_dir: Path, *, compare_torch: bool,
     report = {"arch": arch}
     path, model = export_default(arch, out_dir / "models")
     report["onnx"] = str(path)
-    splits = {name: layout.scan(bench / name) for name in ("query", "gallery")}
     engine = Engine(path)
     report["providers"] = list(engine.info()["providers"])
-    embedded, seconds = {}, 0.0
-    for name, tracklets in splits.items():
-        start = time.perf_counter()
-        embedded[name] = layout.embed_tracklets(engine, tracklets, progress=progress)
-        seconds += time.perf_counter() - start
+    result = evaluate_splits(engine, splits, progress=progress)
     clips = sum(len(plan_clips(engine.spec.clips, t.num_frames)[0])
                 for tracklets in splits.values() for t in tracklets)
-    report["throughput"] = {"clips": clips, "seconds": seconds, "clips_per_s": clips / seconds,
-                            "tracklets_per_s": sum(map(len, splits.values())) / seconds}
-    metric = engine.spec.metric
-    report["metrics"] = layout.evaluate_tracklets(splits["query"], embedded["query"],
-                                                  splits["gallery"], embedded["gallery"], metric)
+    report["throughput"] = {"clips": clips, "seconds": result.seconds,
+                            "clips_per_s": clips / result.seconds,
+                            "tracklets_per_s": sum(map(len, splits.values())) / result.seconds}
+    report["metrics"] = result.metrics
+    embedded = result.embeddings
     if compare_torch:
         reference = Engine.from_backend(TorchBackend(model, engine.spec))
-        torch_embedded = {name: layout.embed_tracklets(reference, tracklets, progress=progress)
-                          for name, tracklets in splits.items()}
+        torch_result = evaluate_splits(reference, splits, progress=progress)
+        torch_embedded = torch_result.embeddings
         cos = np.concatenate([_cosine(embedded[n], torch_embedded[n]) for n in splits])
-        torch_metrics = layout.evaluate_tracklets(splits["query"], torch_embedded["query"],
-                                                  splits["gallery"], torch_embedded["gallery"],
-                                                  metric)
         report["torch_vs_onnxruntime"] = {
             "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
             "max_abs_diff": float(max(np.abs(embedded[n] - torch_embedded[n]).max()
                                       for n in splits)),
             "mAP_delta": {protocol: report["metrics"][protocol]["mAP"] - values["mAP"]
-                          for protocol, values in torch_metrics.items()},
+                          for protocol, values in torch_result.metrics.items()},
         }
+    metric = engine.spec.metric
     engine.close()
 
     # The rank-list picture: the first queries of the standard protocol, top 8 each.
-    dist = distance_matrix(embedded["query"], embedded["gallery"], metric)
     q, g = splits["query"], splits["gallery"]
     shown = np.arange(min(8, len(q)))
-    ranked, matches = rank_lists(dist[shown], np.array([t.pid for t in q])[shown],
+    dist = distance_matrix(embedded["query"][shown], embedded["gallery"], metric)
+    ranked, matches = rank_lists(dist, np.array([t.pid for t in q])[shown],
                                  np.array([t.pid for t in g]), np.array([t.camid for t in q])[shown],
                                  np.array([t.camid for t in g]), 8)
     picture = out_dir / f"rank_list_{arch}.png"
@@ -237,11 +266,12 @@ def main(argv=None) -> int:
                f"{args.out / 'bench'}"):
         bench = synth.generate(args.out / "bench", synth.SynthConfig.preset(args.bench_preset),
                                seed=args.seed, progress=progress is None, reuse=True)
+    splits = scan_splits(bench)
     reports = []
     for arch in archs:
         with steps(f"{arch}: export, embed through reid_sdk.Engine"
                    + ("" if args.no_torch else ", compare with PyTorch")):
-            reports.append(run_model(arch, Path(bench), args.out, compare_torch=not args.no_torch,
+            reports.append(run_model(arch, splits, args.out, compare_torch=not args.no_torch,
                                      progress=progress))
     report = {"benchmark": {"path": str(bench), "preset": args.bench_preset, "seed": args.seed},
               "models": reports, "seconds": steps.elapsed}

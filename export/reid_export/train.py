@@ -252,17 +252,13 @@ def evaluate_split(model, root, *, max_batch: int = 16, progress: bool = False) 
     """Rank-1/5/10, mAP, mINP of ``model`` (PyTorch through the SDK pipeline) on
     ``root/query`` vs ``root/gallery``: the standard protocol and, where tracklet.json records
     outfits, the same-clothes and clothes-changing ones."""
+    from reid_export.demo import evaluate_splits, scan_splits
     from reid_export.torch_backend import TorchBackend
     from reid_sdk import Engine
 
     engine = Engine.from_backend(TorchBackend(model, build_spec(model, contract_for(model),
                                                                 opset=0), max_batch=max_batch))
-    root = Path(root)
-    splits = {name: layout.scan(root / name) for name in ("query", "gallery")}
-    embedded = {name: layout.embed_tracklets(engine, tracklets, progress=progress)
-                for name, tracklets in splits.items()}
-    return layout.evaluate_tracklets(splits["query"], embedded["query"], splits["gallery"],
-                                     embedded["gallery"], engine.spec.metric)
+    return evaluate_splits(engine, scan_splits(root), progress=progress).metrics
 
 
 def main(argv=None) -> int:
