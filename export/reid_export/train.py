@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from reid_export import models
-from reid_export.contracts import contract_for
+from reid_export.contracts import COCO17_JOINTS, arch_of, contract_for
 from reid_export.onnx_export import EngineModel, build_spec
 from reid_sdk import layout
 from reid_sdk.preprocess import Preprocessor
@@ -64,10 +64,10 @@ class TrainConfig:
 
 class TrackletSet:
     """A split held in memory: each tracklet's frames preprocessed once (uint8 [n, H, W, 3]),
-    its keypoints [n, 17, 3] and original crop sizes [n, 2], its pid (relabelled 0..N-1) and
-    camera."""
+    its keypoints [n, 17, 3] and original crop sizes [n, 2], its label (pids relabelled 0..N-1
+    in sorted order, as the classifiers need) and camera."""
 
-    def __init__(self, root, spec_input: dict, *, relabel: bool = True, threads: int = 4):
+    def __init__(self, root, spec_input: dict, *, threads: int = 4):
         self.tracklets = [t for t in layout.scan(root) if t.pid is not None and t.pid >= 0]
         if not self.tracklets:
             raise ValueError(f"no labelled tracklets under {root} (docs/dataset_layout.md)")
@@ -79,7 +79,7 @@ class TrackletSet:
             crop_hw = np.array([c.shape[:2] for c in crops], np.int32)
             keypoints = layout.load_keypoints(tracklet)
             if keypoints is None:
-                keypoints = np.zeros((len(crops), 17, 3), np.float32)
+                keypoints = np.zeros((len(crops), COCO17_JOINTS, 3), np.float32)
             return frames, keypoints, crop_hw
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -87,12 +87,10 @@ class TrackletSet:
         self.frames = [x[0] for x in loaded]
         self.keypoints = [x[1] for x in loaded]
         self.crop_hw = [x[2] for x in loaded]
-        pids = sorted({t.pid for t in self.tracklets})
-        self.pid_index = {pid: i for i, pid in enumerate(pids)} if relabel else None
-        self.labels = np.array([self.pid_index[t.pid] if relabel else t.pid
-                                for t in self.tracklets], np.int64)
+        label_of = {pid: i for i, pid in enumerate(sorted({t.pid for t in self.tracklets}))}
+        self.labels = np.array([label_of[t.pid] for t in self.tracklets], np.int64)
         self.cameras = np.array([t.camid or 0 for t in self.tracklets], np.int64)
-        self.num_ids = len(pids)
+        self.num_ids = len(label_of)
         self.by_label = [np.flatnonzero(self.labels == i) for i in range(self.num_ids)]
 
     def sample_clip(self, index: int, seq_len: int, rng: np.random.Generator):
@@ -190,7 +188,7 @@ def train(model, dataset: TrackletSet, config: TrainConfig, *, log=print):
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = torch.device(config.device)
-    arch = model.reid_config.get("arch") or type(model).__module__.rsplit(".", 1)[-1]
+    arch = arch_of(model)
     contract = contract_for(model)
     wrapper = EngineModel(model, contract.mean, contract.std).to(device)
     if arch == "hamobe":
