@@ -141,6 +141,7 @@ def run_model(arch: str, splits: dict, out_dir: Path, *, compare_torch: bool,
     from reid_export.torch_backend import TorchBackend
     from reid_sdk import Engine
     from reid_sdk.clips import plan_clips
+    from reid_sdk.layout import MiddleFrames, middle_frame
     from reid_sdk.metrics import distance_matrix, rank_lists
     from reid_sdk.visualize import rank_list_picture
 
@@ -176,12 +177,11 @@ def run_model(arch: str, splits: dict, out_dir: Path, *, compare_torch: bool,
     q, g = splits["query"], splits["gallery"]
     shown = np.arange(min(8, len(q)))
     dist = distance_matrix(embedded["query"][shown], embedded["gallery"], metric)
-    ranked, matches = rank_lists(dist, np.array([t.pid for t in q])[shown],
-                                 np.array([t.pid for t in g]), np.array([t.camid for t in q])[shown],
-                                 np.array([t.camid for t in g]), 8)
+    ranked, matches = rank_lists(dist, [q[i].pid for i in shown], [t.pid for t in g],
+                                 [q[i].camid for i in shown], [t.camid for t in g], 8)
     picture = out_dir / f"rank_list_{arch}.png"
-    rank_list_picture([_middle(q[i]) for i in shown], _Frames(g), ranked, matches, picture,
-                      k=8, query_labels=[Path(q[i].path).name for i in shown],
+    rank_list_picture([middle_frame(q[i]) for i in shown], MiddleFrames(g), ranked, matches,
+                      picture, k=8, query_labels=[Path(q[i].path).name for i in shown],
                       gallery_labels=[Path(t.path).name for t in g],
                       title=f"{arch} (tiny, synthetic benchmark): top-8 per query; "
                             "green = same identity, red = other")
@@ -192,25 +192,6 @@ def run_model(arch: str, splits: dict, out_dir: Path, *, compare_torch: bool,
 def _cosine(a, b):
     from reid_export.validate import cosine_rows
     return cosine_rows(a, b)
-
-
-def _middle(tracklet):
-    from reid_sdk import layout
-    frames = tracklet.frames
-    return layout.load_image(frames[len(frames) // 2])
-
-
-class _Frames:
-    """Gallery crops loaded on demand (the picture shows a few of them)."""
-
-    def __init__(self, tracklets):
-        self.tracklets = tracklets
-
-    def __len__(self):
-        return len(self.tracklets)
-
-    def __getitem__(self, index):
-        return _middle(self.tracklets[int(index)])
 
 
 def print_summary(reports: list, elapsed: float) -> None:
@@ -247,7 +228,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(ARCHS),
                         help="comma-separated subset of hamobe,keyreid")
     parser.add_argument("--bench-preset", default="demo", help="synthetic benchmark preset")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed: 0 is the world (cameras) the default models were trained in, with test identities they never saw")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="benchmark seed: 0 is the world (cameras) the default models were "
+                             "trained in, with test identities they never saw")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch vs ONNX Runtime comparison (faster)")
     parser.add_argument("--no-progress", action="store_true")
