@@ -189,7 +189,7 @@ def bench_embed(args, rng, paths: Sequence[Path]) -> list[dict]:
     for path in paths:
         engine = Engine(path, providers=args.providers, device=args.device,
                         max_batch=args.batch_size, preprocess_threads=args.threads)
-        info = engine.info()
+        providers = "+".join(engine.providers)
         tracklets, kwargs = random_inputs(engine, rng, args.tracklets, args.min_frames,
                                           args.max_frames)
         engine.embed(tracklets[:2], **{k: v[:2] for k, v in kwargs.items()})  # warm-up
@@ -197,14 +197,14 @@ def bench_embed(args, rng, paths: Sequence[Path]) -> list[dict]:
         clips = sum(len(plan_clips(engine.spec.clips, len(t))[0]) for t in tracklets)
         frames = sum(len(t) for t in tracklets)
         rows.append({"bench": "embed", "model": os.fspath(path), "arch": engine.spec.arch,
-                     "providers": "+".join(info["providers"]), "batch": engine.max_batch,
+                     "providers": providers, "batch": engine.max_batch,
                      "tracklets": len(tracklets), "frames": frames, "clips": clips,
                      "seconds": seconds, "clips_per_s": clips / seconds,
                      "frames_per_s": frames / seconds})
         if factory is not None:
             result = parity(engine, tracklets, factory(os.fspath(path), args.device), **kwargs)
             rows.append({"bench": "parity", "model": os.fspath(path), "arch": engine.spec.arch,
-                         "providers": "+".join(info["providers"]), **result})
+                         "providers": providers, **result})
         engine.close()
     return rows
 

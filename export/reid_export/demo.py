@@ -149,7 +149,7 @@ def run_model(arch: str, splits: dict, out_dir: Path, *, compare_torch: bool,
     path, model = export_default(arch, out_dir / "models")
     report["onnx"] = str(path)
     engine = Engine(path)
-    report["providers"] = list(engine.info()["providers"])
+    report["providers"] = engine.providers
     result = evaluate_splits(engine, splits, progress=progress)
     clips = sum(len(plan_clips(engine.spec.clips, t.num_frames)[0])
                 for tracklets in splits.values() for t in tracklets)
