@@ -22,13 +22,8 @@ CUSTOM_NODE = {"hamobe": "MoECombine", "keyreid": "KeypointPatchPool"}
 
 
 @pytest.fixture(scope="module", params=["hamobe", "keyreid"])
-def exported(request, tmp_path_factory):
-    arch = request.param
-    torch.manual_seed(3)
-    model = models.create(arch, preset="tiny")
-    path = tmp_path_factory.mktemp(arch) / f"{arch}.onnx"
-    spec = onnx_export.export_onnx(model, path)
-    return arch, model, path, spec
+def exported(request, tiny_export):
+    return (request.param, *tiny_export(request.param))
 
 
 def _run_both(model, path, batch, seed):

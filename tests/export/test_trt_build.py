@@ -5,17 +5,13 @@ import importlib.util
 import numpy as np
 import onnx
 import pytest
-import torch
 
-from reid_export import cli, models, onnx_export, trt_build
+from reid_export import cli, onnx_export, trt_build
 
 
 @pytest.fixture(scope="module")
-def keyreid_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("trt") / "keyreid.onnx"
-    onnx_export.export_onnx(models.create("keyreid", preset="tiny"), path)
-    return path
+def keyreid_onnx(tiny_export):
+    return tiny_export("keyreid")[1]
 
 
 def test_stripped_copy_keeps_the_custom_node_and_drops_its_body(keyreid_onnx, tmp_path):
