@@ -161,7 +161,7 @@ def test_save_is_atomic(files, tmp_path, monkeypatch):
         during.extend(p.name for p in tmp_path.iterdir())
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save", fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(files["model"], path)
     assert len(during) == 2  # the failure came while a temporary file existed beside the target

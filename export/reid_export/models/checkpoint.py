@@ -37,7 +37,7 @@ import torch
 
 from reid_export.contracts import arch_of
 from reid_export.models import ARCHS, arch_module
-from reid_sdk._atomic import atomic_write
+from reid_sdk._atomic import atomic_path
 from reid_sdk.backends import file_sha256
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_tensors", "save_checkpoint"]
@@ -502,6 +502,6 @@ def save_checkpoint(model, path) -> Path:
                 META_CONFIG: json.dumps(config, sort_keys=True),
                 META_ALIASES: json.dumps(aliases, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        handle.write(safetensors.torch.save(tensors, metadata=metadata))
+    with atomic_path(path) as tmp:  # save_file streams: no second copy of the tensors in memory
+        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
     return path
